@@ -1,0 +1,65 @@
+# The README's two commands:  `make run` (main job on the embedded default)  and  `make test`.
+# Both create the environments first (idempotent: a stamp file per env, rebuilt when its lock changes).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+ENGINE := .venv-vllm
+PORT   ?= 4200
+# Where torch==2.13.0+cpu comes from if this machine has no local copy, e.g.
+#   make setup TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_CPU_INDEX ?=
+GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+export SEVA_ROOT := $(CURDIR)
+export HF_HUB_OFFLINE := 1
+export PREFECT_API_URL := http://127.0.0.1:$(PORT)/api
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup run test stop bench lock clean-artifacts
+
+setup: $(VENV)/.installed $(ENGINE)/.installed
+
+$(VENV)/.installed: requirements/pipeline.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements/pipeline.lock
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# The engine env is installed from an explicit list with --no-deps, so torchaudio/torchcodec/
+# torchvision/triton (unused on CPU, broken beside torch+cpu) never come in (DESIGN §4).
+$(ENGINE)/.installed: requirements/engine.lock requirements/engine-gpu.in pyproject.toml
+	$(PYTHON) -m venv $(ENGINE)
+ifeq ($(GPU),1)
+	$(ENGINE)/bin/pip install -q -r requirements/engine-gpu.in
+else
+	$(ENGINE)/bin/pip install -q --no-deps -r requirements/engine.lock $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX))
+endif
+	$(ENGINE)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# Main job: local Prefect server + worker on 127.0.0.1, then the `full` deployment on the toy world.
+run: setup
+	$(VENV)/bin/seva serve --background --port $(PORT)
+	$(VENV)/bin/prefect deployment run seva/full --watch
+	@$(VENV)/bin/seva status
+	@echo "Artifacts: $(CURDIR)/data/artifacts/<stage>/<key>/  (manifest.json in each)"
+	@echo "Prefect UI: http://127.0.0.1:$(PORT)   (stop the server and worker with: make stop)"
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+stop:
+	-$(VENV)/bin/seva stop
+
+bench: setup
+	$(VENV)/bin/python bench/run.py
+
+# Regenerate the pipeline lock from pipeline.in in a scratch env (engine.lock: see its header).
+lock:
+	rm -rf /tmp/seva-lock && $(PYTHON) -m venv /tmp/seva-lock
+	/tmp/seva-lock/bin/pip install -q -r requirements/pipeline.in
+	{ echo "# Pipeline environment (.venv): 'make lock' regenerates this from requirements/pipeline.in."; \
+	  /tmp/seva-lock/bin/pip freeze; } > requirements/pipeline.lock
+
+clean-artifacts:
+	rm -rf data/artifacts data/prefect-results

@@ -1,0 +1,113 @@
+"""The `seva` flow: one Prefect task per stage, wired in order. No stage logic lives here.
+
+    prefect deployment run seva/full --watch
+    prefect deployment run seva/augment --params '{"overrides": {"augment.noise_step": 800}}'
+    seva run --until augment augment.noise_step=800          # same flow, from the CLI
+
+A task's cache key is the stage's content key (seva_tasks/store.py), so a hit shows as `Cached`.
+Task results are small JSON references (never data, never pickle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from seva_tasks import pipeline, progress
+from seva_tasks.config import PipelineConfig, load_config, resolve
+
+
+def _preview(ref: dict, rows: int = 10) -> list[dict]:
+    """The first rows of the stage's main Parquet output, as strings (a UI preview, not data)."""
+    import polars as pl
+
+    files = sorted(Path(ref["path"]).glob("*.parquet"))
+    if not files:
+        return []
+    df = pl.read_parquet(files[0], n_rows=rows)
+    return [{k: str(v)[:200] for k, v in row.items()} for row in df.iter_rows(named=True)]
+
+
+def _progress_listener(stage: str):
+    """Mirror seva_tasks.progress reports into one Prefect progress artifact per stage."""
+    state: dict[str, Any] = {}
+
+    def listener(desc: str, done: int, total: int) -> None:
+        pct = 100.0 * done / max(total, 1)
+        if "id" not in state:
+            state["id"] = create_progress_artifact(progress=pct, key=f"{stage}-progress", description=desc)
+        elif pct - state.get("pct", 0) >= 5 or done == total:  # throttle API calls
+            update_progress_artifact(state["id"], progress=pct, description=desc)
+        state["pct"] = pct
+
+    return listener
+
+
+def _stage_cache_key(context, parameters: dict) -> str:
+    return f"seva-{parameters['name']}-{parameters['key']}"
+
+
+@task(
+    task_run_name="{name}",
+    cache_key_fn=_stage_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    result_storage=resolve("data/prefect-results"),  # a Path: a str would be read as a block name
+)
+def stage(name: str, key: str, cfg: PipelineConfig, upstream: dict[str, dict], force: bool = False) -> dict:
+    """Build one stage's artifact (or find it in the store) and return its reference."""
+    listener = _progress_listener(name)
+    progress.add_listener(listener)
+    try:
+        ref = pipeline.run_stage(cfg, name, upstream, key=key, force=force)
+    finally:
+        progress.remove_listener(listener)
+    if rows := _preview(ref):
+        create_table_artifact(table=rows, key=f"{name}-preview", description=f"{name}: first rows of {ref['path']}")
+    return ref
+
+
+def _summary(cfg: PipelineConfig, refs: dict[str, dict]) -> str:
+    store = pipeline.store_for(cfg)
+    lines = ["| stage | key | counts | drops |", "|---|---|---|---|"]
+    for name, ref in refs.items():
+        stats = (store.manifest(name, ref["key"]) or {}).get("stats", {})
+        lines.append(f"| {name} | `{ref['key']}` | {stats.get('counts', '')} | {stats.get('drops', '')} |")
+    return "\n".join(lines)
+
+
+@flow(name="seva", persist_result=False, log_prints=True)
+def seva(
+    config: str = "toy",
+    overrides: dict[str, Any] | None = None,
+    until: str | None = None,
+    refresh: list[str] | None = None,
+) -> dict[str, dict]:
+    """Run the stages up to `until` for a preset plus dotted overrides; `refresh` forces stages."""
+    cfg = load_config(config, overrides)
+    pipeline.prepare(cfg)
+    store = pipeline.store_for(cfg)
+    refs: dict[str, dict] = {}
+    for name in pipeline.stages_until(until):
+        key = pipeline.key_for(cfg, name, refs)
+        force = name in (refresh or [])
+        # Prefect's cache record can outlive the artifact dir: if the dir is gone, recompute.
+        fresh = store.manifest(name, key) is not None
+        refresh_cache = True if (force or not fresh) else None  # None, not False: keep the global setting
+        refs[name] = stage.with_options(refresh_cache=refresh_cache)(name, key, cfg, dict(refs), force)
+    create_markdown_artifact(key="seva-summary", markdown=_summary(cfg, refs), description="seva run summary")
+    for name, ref in refs.items():
+        print(f"{name}: {ref['path']}")
+    return refs
+
+
+if __name__ == "__main__":
+    seva()

@@ -1,0 +1,1 @@
+"""seva: SeVa (self-supervised visual preference alignment) as cached Prefect stages."""

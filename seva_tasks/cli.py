@@ -1,0 +1,120 @@
+"""`seva` command line.
+
+    seva run [PRESET] [--until STAGE] [--refresh STAGE]... [key=value ...]
+    seva status [PRESET] [key=value ...] [-q]
+    seva serve [--port 4200]
+    seva score BENCHMARK --data DIR --answers FILE
+    seva inspect pairs [PRESET] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from seva_tasks.errors import SevaError
+
+
+def _split(args: list[str]) -> tuple[str, list[str]]:
+    """Positional args: at most one preset name/path, the rest `key=value` overrides."""
+    presets = [a for a in args if "=" not in a]
+    if len(presets) > 1:
+        raise SevaError(f"Expected at most one preset, got {presets}. Overrides look like key=value.")
+    return (presets[0] if presets else "toy"), [a for a in args if "=" in a]
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from flows.seva import seva
+    from seva_tasks.config import parse_overrides
+
+    preset, overrides = _split(ns.args)
+    refs = seva(config=preset, overrides=parse_overrides(overrides), until=ns.until, refresh=ns.refresh)
+    print(json.dumps(refs, indent=2))
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from seva_tasks import pipeline
+    from seva_tasks.config import load_config
+
+    preset, overrides = _split(ns.args)
+    rows = pipeline.status(load_config(preset, overrides), ns.until)
+    if not ns.quiet:
+        for row in rows:
+            key = row["key"] or "-"
+            print(f"{row['stage']:<10} {row['state']:<8} {key:<22} {row['why']}")
+        if all(r["state"] == "fresh" for r in rows):
+            print("Data and pipelines are up to date.")
+        else:
+            print("Use `seva run` to bring the stale and missing stages up to date.")
+    return 0 if all(r["state"] == "fresh" for r in rows) else 1
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from seva_tasks import serve
+
+    pids = serve.start(ns.port)
+    print(f"Prefect UI: http://127.0.0.1:{ns.port}   (server + worker pids: {pids})")
+    print("Run: prefect deployment run seva/full --watch   (with PREFECT_API_URL set as below)")
+    print(f"     export PREFECT_API_URL=http://127.0.0.1:{ns.port}/api")
+    if ns.background:
+        return 0
+    try:
+        while True:
+            import time
+
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.stop()
+    return 0
+
+
+def cmd_stop(ns: argparse.Namespace) -> int:
+    from seva_tasks import serve
+
+    serve.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seva", description="SeVa as cached Prefect stages.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the seva flow (sample → … ) for a preset + overrides")
+    run.add_argument("args", nargs="*", help="[PRESET] key=value ...")
+    run.add_argument("--until", help="last stage to run")
+    run.add_argument("--refresh", action="append", default=[], help="force this stage (repeatable)")
+    run.set_defaults(fn=cmd_run)
+
+    st = sub.add_parser("status", help="show each stage as fresh / stale / missing (runs nothing)")
+    st.add_argument("args", nargs="*", help="[PRESET] key=value ...")
+    st.add_argument("--until", help="last stage to check")
+    st.add_argument("-q", "--quiet", action="store_true", help="no output; exit 0 if up to date, 1 if not")
+    st.set_defaults(fn=cmd_status)
+
+    sv = sub.add_parser("serve", help="start a local Prefect server + worker serving prefect.yaml's deployments")
+    sv.add_argument("--port", type=int, default=4200)
+    sv.add_argument("--background", action="store_true", help="return once ready (stop with `seva stop`)")
+    sv.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("stop", help="stop what `seva serve --background` started")
+    sp.set_defaults(fn=cmd_stop)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.fn(ns)
+    except SevaError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Configuration: one frozen pydantic model per stage, held by `PipelineConfig`.
+
+A preset YAML in `configs/` (default `toy`) is loaded and overridden by dotted `key=value` strings:
+
+    seva run --until augment sample.seed=3 augment.noise_step=800
+
+Unknown keys and wrong types are rejected together, each message naming the dotted key.
+Relative paths in a config resolve against the project root (`SEVA_ROOT`, default: this checkout).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seva_tasks.base import StageConfig  # noqa: F401  (re-exported: stage configs subclass it)
+from seva_tasks.errors import ConfigError
+
+ROOT = Path(os.environ.get("SEVA_ROOT", Path(__file__).resolve().parents[1]))
+CONFIGS = ROOT / "configs"
+
+
+def resolve(path: Path | str) -> Path:
+    """A config path as an absolute path (relative ones are relative to the project root)."""
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+# Stage configs live next to their stage's code; importing them is cheap (pydantic only).
+from seva_tasks.augment import AugmentConfig  # noqa: E402
+from seva_tasks.sample import SampleConfig  # noqa: E402
+from seva_tasks.toy import ToyConfig  # noqa: E402
+
+
+class PipelineConfig(BaseModel):
+    """Everything one run needs; each stage reads only its own section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str = Field("toy", description="Name of the preset this config came from (informational).")
+    data_dir: Path = Field(Path("data"), description="Where artifacts live (`<data_dir>/artifacts`).")
+    toy: ToyConfig | None = Field(None, description="Build the embedded toy world first (toy preset only).")
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @property
+    def artifacts(self) -> Path:
+        return resolve(self.data_dir) / "artifacts"
+
+
+def preset_path(preset: str | Path) -> Path:
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml"):
+        return p if p.is_absolute() else Path.cwd() / p
+    return CONFIGS / f"{preset}.yaml"
+
+
+def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """`["a.b=1", ...]` (CLI) or `{"a.b": 1}` (Prefect params) -> {"a.b": value}; values parse as YAML."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} is not of the form key=value, e.g. augment.noise_step=800.")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, errors: list[str]) -> None:
+    node = tree
+    parts = dotted.split(".")
+    model: Any = PipelineConfig
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is not None and part not in fields:
+            errors.append(f"{dotted}: unknown key '{part}' (known: {', '.join(fields)})")
+            return
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        if fields is not None:
+            ann = fields[part].annotation
+            model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), None)
+        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+
+
+def load_config(preset: str | Path = "toy", overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a preset and apply overrides; raise ConfigError listing every problem at once."""
+    path = preset_path(preset)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"No preset {str(preset)!r} (looked for {path}). Known presets: {known}.")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    tree.setdefault("preset", path.stem)
+    errors: list[str] = []
+    for dotted, value in parse_overrides(overrides).items():
+        _set_dotted(tree, dotted, value, errors)
+    try:
+        cfg = PipelineConfig.model_validate(tree)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            errors.append(f"{loc}: {msg}{got}")
+        cfg = None
+    if errors:
+        raise ConfigError(f"Invalid config from {path}:\n  " + "\n  ".join(errors) + "\nFix the preset or the override and rerun.")
+    return cfg

@@ -11,6 +11,7 @@ Relative paths in a config resolve against the project root (`SEVA_ROOT`, defaul
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +75,31 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _schema_of(ann: Any) -> Any:
+    """What a dotted path may continue into: a pydantic model, ("dict", value type), or None (any)."""
+    if typing.get_origin(ann) is dict:
+        return ("dict", typing.get_args(ann)[1])
+    return next((a for a in typing.get_args(ann) or (ann,) if hasattr(a, "model_fields")), None)
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any, errors: list[str]) -> None:
-    node = tree
+    """Set `a.b.c=value` in the raw tree, checking each part against the schema as we go."""
+    node, schema = tree, PipelineConfig
     parts = dotted.split(".")
-    model: Any = PipelineConfig
     for i, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if fields is not None and part not in fields:
-            errors.append(f"{dotted}: unknown key '{part}' (known: {', '.join(fields)})")
-            return
+        if hasattr(schema, "model_fields"):
+            if part not in schema.model_fields:
+                errors.append(f"{dotted}: unknown key '{part}' (known: {', '.join(schema.model_fields)})")
+                return
+            schema = _schema_of(schema.model_fields[part].annotation)
+        elif isinstance(schema, tuple):  # a dict field: any key, its values follow the value type
+            schema = _schema_of(schema[1])
         if i == len(parts) - 1:
             node[part] = value
-            return
-        if fields is not None:
-            ann = fields[part].annotation
-            model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), None)
-        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        else:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
 
 
 def load_config(preset: str | Path = "toy", overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:

@@ -50,10 +50,11 @@ def _prefect(*args: str, env: dict[str, str], check: bool = True) -> subprocess.
     return subprocess.run([str(exe), *args], env=env, cwd=ROOT, check=check, capture_output=True, text=True)
 
 
-def start(port: int = 4200, logs: Path | None = None) -> dict[str, int]:
+def start(port: int = 4200, home: Path | None = None) -> dict[str, int]:
     """Start (or reuse) the server, create the pool, deploy, start a worker; return their pids."""
-    env = prefect_env(port)
-    logs = logs or ROOT / ".prefect" / "logs"
+    home = home or ROOT / ".prefect"
+    env = prefect_env(port, home)
+    logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     exe = str(Path(sys.executable).with_name("prefect"))
     pids: dict[str, int] = {}
@@ -73,11 +74,11 @@ def start(port: int = 4200, logs: Path | None = None) -> dict[str, int]:
     deployed = _prefect("deploy", "--all", "--no-prompt", env=env, check=False)
     if deployed.returncode != 0:
         raise SevaError(f"`prefect deploy --all` failed:\n{deployed.stdout[-2000:]}{deployed.stderr[-2000:]}")
-    old = _read_pids()
+    old = _read_pids(home)
     if "worker" in old and _alive(old["worker"]):  # idempotent: one worker per project
         pids["worker"] = old["worker"]
         pids.setdefault("server", old.get("server", 0))
-        _write_pids(pids)
+        _write_pids(home, pids)
         return pids
     worker = subprocess.Popen(
         [exe, "worker", "start", "--pool", POOL],
@@ -85,23 +86,20 @@ def start(port: int = 4200, logs: Path | None = None) -> dict[str, int]:
     )
     pids["worker"] = worker.pid
     pids.setdefault("server", old.get("server", 0))
-    _write_pids(pids)
+    _write_pids(home, pids)
     return pids
 
 
-def _pid_file() -> Path:
-    return ROOT / ".prefect" / "pids"
-
-
-def _read_pids() -> dict[str, int]:
+def _read_pids(home: Path) -> dict[str, int]:
     try:
-        return {k: int(v) for k, v in (line.split() for line in _pid_file().read_text().splitlines() if line.strip())}
+        lines = (home / "pids").read_text().splitlines()
     except FileNotFoundError:
         return {}
+    return {k: int(v) for k, v in (line.split() for line in lines if line.strip())}
 
 
-def _write_pids(pids: dict[str, int]) -> None:
-    _pid_file().write_text("".join(f"{k} {v}\n" for k, v in pids.items() if v))
+def _write_pids(home: Path, pids: dict[str, int]) -> None:
+    (home / "pids").write_text("".join(f"{k} {v}\n" for k, v in pids.items() if v))
 
 
 def _alive(pid: int) -> bool:
@@ -112,9 +110,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop() -> None:
+def stop(home: Path | None = None) -> None:
     """Stop the worker before the server (the other order hangs the worker, DESIGN §3)."""
-    pids = _read_pids()
+    home = home or ROOT / ".prefect"
+    pids = _read_pids(home)
     for name in ("worker", "server"):
         pid = pids.get(name)
         if not pid or not _alive(pid):
@@ -127,4 +126,4 @@ def stop() -> None:
             if not _alive(pid):
                 break
             time.sleep(0.1)
-    _pid_file().unlink(missing_ok=True)
+    (home / "pids").unlink(missing_ok=True)

@@ -25,8 +25,21 @@ def _split(args: list[str]) -> tuple[str, list[str]]:
     return (presets[0] if presets else "toy"), [a for a in args if "=" in a]
 
 
-def cmd_run(ns: argparse.Namespace) -> int:
+def _prefect_defaults() -> None:
+    """Project-local Prefect state; use the `seva serve` server if one runs, else an ephemeral one."""
+    from seva_tasks import serve
+    from seva_tasks.config import ROOT
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # slow on a busy 2-core box
+    if "PREFECT_API_URL" not in os.environ and serve.healthy(4200):
+        os.environ["PREFECT_API_URL"] = "http://127.0.0.1:4200/api"
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    _prefect_defaults()
     from flows.seva import seva
     from seva_tasks.config import parse_overrides
 

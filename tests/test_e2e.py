@@ -63,6 +63,13 @@ def test_full_deployment_caches_by_content(server, tmp_path):
         published = [p for p in (data / "artifacts" / stage).iterdir() if (p / "manifest.json").is_file()]
         assert len(published) == 1
 
+    port, _ = server
+    found = httpx.post(f"http://127.0.0.1:{port}/api/artifacts/filter", json={}).json()
+    keys = {a["key"] for a in found}
+    assert {"seva-summary", "sample-preview", "augment-preview"} <= keys, keys
+    previews = [a for a in found if a["key"] == "sample-preview"]
+    assert previews[0]["type"] == "table" and "question" in previews[0]["data"]
+
     assert set(_run(server, data).values()) == {"Cached"}
 
     changed = _run(server, data, overrides={"augment.noise_step": 800})

@@ -10,7 +10,6 @@ Relative paths in a config resolve against the project root (`SEVA_ROOT`, defaul
 
 from __future__ import annotations
 
-import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from seva_tasks.base import StageConfig  # noqa: F401  (re-exported: stage configs subclass it)
+from seva_tasks.base import ROOT, StageConfig, resolve  # noqa: F401  (re-exported)
 from seva_tasks.errors import ConfigError
 
-ROOT = Path(os.environ.get("SEVA_ROOT", Path(__file__).resolve().parents[1]))
 CONFIGS = ROOT / "configs"
-
-
-def resolve(path: Path | str) -> Path:
-    """A config path as an absolute path (relative ones are relative to the project root)."""
-    p = Path(path)
-    return p if p.is_absolute() else ROOT / p
 
 
 # Stage configs live next to their stage's code; importing them is cheap (pydantic only).

@@ -1,0 +1,291 @@
+"""The embedded toy world: byte-determinism, the real 665k schema, scene records, the tiny LLaVA in
+transformers and (slow, if `.venv-vllm` exists) the same greedy tokens from vLLM."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never touch the hub
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from seva_tasks import toy
+from seva_tasks.base import ROOT
+from seva_tasks.errors import ConfigError
+from seva_tasks.toy import ToyConfig
+
+ENGINE_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+SMALL = {"books": 4, "signs": 4, "scenes": 2, "text_only": 2}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> ToyConfig:
+    """The default-size world, built once for this module in a temp dir."""
+    cfg = ToyConfig(root=tmp_path_factory.mktemp("toy") / "world")
+    toy.ensure(cfg)
+    return cfg
+
+
+def _rows(cfg: ToyConfig) -> list[dict]:
+    return json.loads(toy.mix_path(cfg).read_text())
+
+
+def _first_question(row: dict) -> str:
+    return row["conversations"][0]["value"].replace("<image>\n", "").replace("\n<image>", "")
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def test_same_seed_gives_byte_identical_files(world, tmp_path):
+    again = world.model_copy(update={"root": tmp_path / "again"})
+    toy.ensure(again)
+    ours = {p.relative_to(toy.root_dir(again)).as_posix(): toy._sha256(p)
+            for p in toy.root_dir(again).rglob("*") if p.is_file()}
+    assert toy.world(again)["files"] == toy.world(world)["files"]
+    assert {k: v for k, v in ours.items() if k != toy.WORLD} == toy.world(again)["files"]  # manifest is honest
+    assert (toy.root_dir(again) / toy.WORLD).read_bytes() == (toy.root_dir(world) / toy.WORLD).read_bytes()
+
+
+def test_ensure_is_idempotent_and_instant(world):
+    manifest = toy.root_dir(world) / toy.WORLD
+    before = manifest.stat().st_mtime_ns
+    start = time.perf_counter()
+    assert toy.ensure(world) == toy.root_dir(world)
+    assert time.perf_counter() - start < 0.5
+    assert manifest.stat().st_mtime_ns == before
+
+
+def test_other_seed_rebuilds_in_place(tmp_path):
+    one = ToyConfig(root=tmp_path / "w", seed=1, **SMALL)
+    two = one.model_copy(update={"seed": 2})
+    first = toy.world(one)
+    second = toy.world(two)
+    assert second["identity"]["seed"] == 2
+    assert first["digest"] != second["digest"]
+    assert first["files"]["model/model.safetensors"] != second["files"]["model/model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.lock", "w"]  # no temp or old dirs left
+
+
+def test_ensure_refuses_to_replace_a_foreign_directory(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a toy world"):
+        toy.ensure(ToyConfig(root=tmp_path / "mine", **SMALL))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_config_rejects_shapes_vllm_cannot_run():
+    with pytest.raises(ValidationError, match="multiple of toy.patch_size. Got 60 and 16"):
+        ToyConfig(image_size=60)
+    with pytest.raises(ValidationError, match="multiple of 32"):
+        ToyConfig(hidden_size=48)
+    with pytest.raises(ValidationError):
+        ToyConfig(sedd=1)  # unknown keys are errors
+
+
+# ----------------------------------------------------------------------------- the 665k JSON
+
+
+def test_mix_has_the_llava_665k_schema_and_prefixes(world):
+    rows = _rows(world)
+    assert len(rows) == toy.world(world)["counts"]["rows"]
+    for row in rows:
+        assert set(row) <= {"id", "image", "conversations"} and isinstance(row["id"], str)
+        turns = row["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and turns
+        assert all(isinstance(t["value"], str) and t["value"] for t in turns)
+        n_image = sum(t["value"].count("<image>") for t in turns)
+        assert n_image == ("image" in row) and (n_image == 0 or "<image>" in turns[0]["value"])
+        if "image" in row:
+            assert (toy.images_dir(world) / row["image"]).is_file()
+    prefixes = {r["image"].rsplit("/", 1)[0] for r in rows if "image" in r}
+    assert prefixes == set(toy.PREFIXES.values())
+    assert sum("image" not in r for r in rows) == world.text_only
+
+
+def test_mix_prompts_follow_the_real_sources(world):
+    rows = _rows(world)
+    ocr = [r for r in rows if r.get("image", "").startswith("ocr_vqa/images/")]
+    assert ocr[0]["conversations"][0]["value"].startswith("<image>\n")
+    assert all(t["value"].endswith("\nAnswer the question using a single word or phrase.")
+               for r in ocr for t in r["conversations"] if t["from"] == "human")
+    assert max(len(r["conversations"]) for r in ocr) > 2  # multi-turn, as OCR-VQA rows are
+    text = [r for r in rows if r.get("image", "").startswith("textvqa/train_images/")]
+    assert all(r["conversations"][0]["value"].startswith(
+        "<image>\nProvide a one-sentence caption for the provided image.\nReference OCR token: ") for r in text)
+
+
+def test_answers_agree_with_the_scene_records(world):
+    scenes = {s["image"]: s for s in toy.load_scenes(world)}
+    for row in _rows(world):
+        if not row.get("image", "").startswith("ocr_vqa/"):
+            continue
+        book = scenes[row["image"]]["book"]
+        for q, a in zip(row["conversations"][::2], row["conversations"][1::2]):
+            if "wrote" in q["value"] or "author" in q["value"]:
+                assert a["value"] == book["author"]
+            if "title" in q["value"]:
+                assert a["value"] == book["title"]
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+def test_scene_records_redraw_the_saved_images(world):
+    scenes = toy.load_scenes(world)
+    assert {s["source"] for s in scenes} == set(toy.PREFIXES)
+    for s in scenes[:: max(1, len(scenes) // 20)]:
+        buf = io.BytesIO()
+        toy.render(s).save(buf, format="JPEG", quality=95)
+        assert buf.getvalue() == (toy.images_dir(world) / s["image"]).read_bytes()
+        for o in s["objects"]:
+            assert o["shape"] in toy.SHAPES and o["color"] in toy.COLORS
+            assert o["position"] in ("left", "right") and o["vertical"] in ("top", "bottom")
+        assert s["caption"]
+
+
+def test_random_scene_draws_held_out_scenes():
+    a = toy.random_scene(random.Random(7), "shapes", "pope/val2014/COCO_val2014_000000000007.jpg")
+    b = toy.random_scene(random.Random(7), "shapes", "pope/val2014/COCO_val2014_000000000007.jpg")
+    assert a == b and toy.render(a).tobytes() == toy.render(b).tobytes()
+    assert toy.render(a).size == (a["width"], a["height"])
+    book = toy.random_scene(random.Random(7), "book", "x.jpg")
+    assert book["book"]["title"] in book["caption"] and book["ocr_tokens"]
+    with pytest.raises(ValueError, match="Unknown scene kind"):
+        toy.random_scene(random.Random(7), "poster", "x.jpg")
+
+
+# ----------------------------------------------------------------------------- the tiny LLaVA
+
+
+def test_checkpoint_uses_the_names_vllm_loads(world):
+    from safetensors import safe_open
+
+    with safe_open(toy.model_dir(world) / "model.safetensors", "pt") as f:
+        names = list(f.keys())
+        dtypes = {str(f.get_tensor(n).dtype) for n in names}
+    heads = ("vision_tower.vision_model.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.")
+    assert all(n.startswith(heads) for n in names)
+    assert all(any(n.startswith(h) for n in names) for h in heads)
+    assert dtypes == {"torch.float32"}
+
+
+def test_tokenizer_and_chat_template(world):
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(toy.model_dir(world))
+    ids = proc.tokenizer("USER: <image>\nHi").input_ids
+    assert ids[0] == proc.tokenizer.bos_token_id == 1 and ids.count(4) == 1
+    assert proc.tokenizer.convert_ids_to_tokens(4) == "<image>" and proc.tokenizer.eos_token == "</s>"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    assert proc.apply_chat_template(messages, add_generation_prompt=True) == toy.prompt("What is this?")
+    assert proc.tokenizer.decode(proc.tokenizer("Hi 请 there").input_ids, skip_special_tokens=True) == "Hi  there"
+
+
+def test_tiny_llava_generates_greedily_in_transformers(world):
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    proc = AutoProcessor.from_pretrained(toy.model_dir(world))
+    model = LlavaForConditionalGeneration.from_pretrained(toy.model_dir(world)).eval()
+    assert model.dtype == torch.float32 and model.config.text_config.head_dim == 32
+    row = next(r for r in _rows(world) if "image" in r)
+    image = Image.open(toy.images_dir(world) / row["image"]).convert("RGB")
+    inputs = proc(images=image, text=toy.prompt(_first_question(row)), return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == world.image_tokens
+    with torch.no_grad():
+        outs = [model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+                for _ in range(2)]
+    assert 1 <= len(outs[0]) <= 6 and torch.equal(outs[0], outs[1])
+    assert isinstance(proc.decode(outs[0], skip_special_tokens=True), str)
+
+
+# ----------------------------------------------------------------------------- vLLM parity
+
+VLLM_SCRIPT = """
+import importlib.util, json, sys, time
+from PIL import Image
+from safetensors.torch import load_file
+
+if importlib.util.find_spec("torchvision") is None:
+    # The CPU engine env has no torchvision, and vLLM 0.32's llava.py imports pixtral.py, which imports
+    # transformers' torchvision pixtral image processor for one helper that the PIL variant also
+    # defines. Alias it and register the class in-process (no inspection subprocess), else vLLM fails.
+    import transformers.models.pixtral.image_processing_pil_pixtral as pil
+    sys.modules.setdefault("transformers.models.pixtral.image_processing_pixtral", pil)
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.llava import LlavaForConditionalGeneration
+    ModelRegistry.register_model("LlavaForConditionalGeneration", LlavaForConditionalGeneration)
+from vllm import LLM, SamplingParams
+
+a = json.loads(sys.argv[1])
+start = time.time()
+llm = LLM(model=a["model"], dtype="float32", max_model_len=512, kv_cache_memory_bytes=64 << 20,
+          enforce_eager=True, enable_mm_embeds=True, limit_mm_per_prompt={"image": 1}, seed=0)
+ready = time.time()
+embeds = load_file(a["embeds"])
+reqs = [{"prompt": p, "multi_modal_data": {"image": Image.open(i).convert("RGB")}} for p, i in a["requests"]]
+reqs += [{"prompt": p, "multi_modal_data": {"image": embeds[str(k)]}} for k, (p, _) in enumerate(a["requests"])]
+outs = llm.generate(reqs, SamplingParams(temperature=0.0, max_tokens=a["max_tokens"]))
+n = len(a["requests"])
+json.dump({"pixels": [list(o.outputs[0].token_ids) for o in outs[:n]],
+           "embeds": [list(o.outputs[0].token_ids) for o in outs[n:]],
+           "arch": llm.llm_engine.model_config.architecture,
+           "startup_s": ready - start, "generate_s": time.time() - ready}, open(a["out"], "w"))
+"""
+
+
+def _hf_greedy_and_embeds(cfg: ToyConfig, requests: list[tuple[str, str]], max_tokens: int, embeds: Path):
+    """transformers' greedy tokens per request; saves each image's projected features for vLLM."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    proc = AutoProcessor.from_pretrained(toy.model_dir(cfg))
+    model = LlavaForConditionalGeneration.from_pretrained(toy.model_dir(cfg)).eval()
+    tokens, feats = [], {}
+    for k, (text, image) in enumerate(requests):
+        inputs = proc(images=Image.open(image).convert("RGB"), text=text, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+            f = model.get_image_features(pixel_values=inputs["pixel_values"])
+        tokens.append(ids[0, inputs["input_ids"].shape[1]:].tolist())
+        f = getattr(f, "pooler_output", f)
+        f = f[0] if isinstance(f, (list, tuple)) else f
+        feats[str(k)] = f.reshape(1, cfg.image_tokens, -1).contiguous()  # (1, image tokens, text hidden)
+    save_file(feats, str(embeds))
+    return tokens
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_vllm_greedy_matches_transformers(world, tmp_path):
+    """Same tokens from vLLM as from transformers (float32, greedy), from PIL images and from
+    precomputed image embeddings (the route SeVa's noised pixel tensors take, DESIGN addendum)."""
+    if not ENGINE_PYTHON.exists():
+        pytest.skip(f"No engine env at {ENGINE_PYTHON}; create it with `make setup`.")
+    rows = [r for r in _rows(world) if "image" in r][:8]  # books, signs and shape scenes, non-square
+    requests = [(toy.prompt(_first_question(r)), str(toy.images_dir(world) / r["image"])) for r in rows]
+    hf = _hf_greedy_and_embeds(world, requests, 24, tmp_path / "embeds.safetensors")
+    args = {"model": str(toy.model_dir(world)), "requests": requests, "max_tokens": 24,
+            "embeds": str(tmp_path / "embeds.safetensors"), "out": str(tmp_path / "v.json")}
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(ENGINE_PYTHON), "-c", VLLM_SCRIPT, json.dumps(args)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads((tmp_path / "v.json").read_text())
+    same = sum(a == b for v, h in zip(out["pixels"], hf) for a, b in zip(v, h))
+    print(f"\nvLLM ({out['arch']}) vs transformers greedy: {same}/{sum(map(len, hf))} tokens equal; "
+          f"vLLM startup {out['startup_s']:.1f}s, generate {out['generate_s']:.1f}s")
+    assert out["arch"] == "LlavaForConditionalGeneration"  # vLLM's own LLaVA, not its Transformers fallback
+    assert out["pixels"] == hf
+    assert out["embeds"] == hf

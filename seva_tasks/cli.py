@@ -3,7 +3,7 @@
     seva run [PRESET] [--until STAGE] [--refresh STAGE]... [key=value ...]
     seva status [PRESET] [key=value ...] [-q]
     seva serve [--port 4200]
-    seva score BENCHMARK --data DIR --answers FILE
+    seva score BENCHMARK --data DIR --answers FILE [judge.key=value ...]
     seva inspect pairs [PRESET] [key=value ...]
 """
 
@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from seva_tasks.errors import SevaError
 
@@ -87,6 +88,20 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(ns: argparse.Namespace) -> int:
+    from seva_tasks.benchmarks import score_file
+    from seva_tasks.config import parse_overrides
+    from seva_tasks.judge import JudgeConfig
+
+    judge = parse_overrides(ns.judge)
+    unknown = [k for k in judge if not k.startswith("judge.")]
+    if unknown:
+        raise SevaError(f"Judge settings look like judge.key=value (e.g. judge.base_url=...); got {unknown}.")
+    cfg = JudgeConfig(**{k.removeprefix("judge."): v for k, v in judge.items()}) if judge else None
+    print(json.dumps(score_file(ns.benchmark, ns.data, ns.answers, cfg), indent=1))
+    return 0
+
+
 def cmd_stop(ns: argparse.Namespace) -> int:
     from seva_tasks import serve
 
@@ -115,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--background", action="store_true", help="return once ready (stop with `seva stop`)")
     sv.set_defaults(fn=cmd_serve)
 
+    sc = sub.add_parser("score", help="score a LLaVA answer JSONL against a benchmark folder; prints JSON")
+    sc.add_argument("benchmark", help="pope mme gqa textvqa sqa seed mmbench vizwiz mmvet llava_bench")
+    sc.add_argument("--data", required=True, type=Path, help="the benchmark's folder (LLaVA's playground/data/eval layout)")
+    sc.add_argument("--answers", required=True, type=Path, help="answer JSONL: question_id, text[, prompt]")
+    sc.add_argument("judge", nargs="*", help="judge.key=value (MM-Vet, LLaVA-Bench, MMBench fallback)")
+    sc.set_defaults(fn=cmd_score)
+
     sp = sub.add_parser("stop", help="stop what `seva serve --background` started")
     sp.set_defaults(fn=cmd_stop)
     return p
@@ -125,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return ns.fn(ns)
     except SevaError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # pydantic's ValidationError (e.g. judge settings) is a ValueError
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
 

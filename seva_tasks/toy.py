@@ -609,7 +609,8 @@ def _identity(cfg: ToyConfig) -> dict:
     Hashing the source (not a hand-bumped version) means an edited generator never leaves a stale
     world behind; a rebuild takes seconds, and unchanged bytes keep downstream stages cached.
     """
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    sources = [Path(__file__), *sorted((Path(__file__).parent / "benchmarks").glob("*.py"))]  # write_toy too
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     return {"code": code, **cfg.model_dump(mode="json", exclude={"root"})}
 
 
@@ -680,6 +681,9 @@ def _build(cfg: ToyConfig, out: Path) -> None:
     rows = _mix_rows(cfg, scenes)
     (out / MIX).write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     _save_model(cfg, _corpus(rows, scenes), out / "model")
+    from seva_tasks.benchmarks import write_toy_world  # held-out scenes, every benchmark's real layout
+
+    write_toy_world(out / "eval", cfg.seed)
     _write_world(cfg, out, rows, scenes)
 
 
@@ -688,7 +692,7 @@ def _write_world(cfg: ToyConfig, out: Path, rows: list[dict], scenes: list[dict]
     sources = {src: sum(s["source"] == src for s in scenes) for src in PREFIXES}
     manifest = {
         "identity": _identity(cfg),
-        "paths": {"mix": MIX, "images": "images", "scenes": SCENES, "model": "model"},
+        "paths": {"mix": MIX, "images": "images", "scenes": SCENES, "model": "model", "eval": "eval"},
         "counts": {"rows": len(rows), "text_only_rows": sum("image" not in r for r in rows), "images": sources},
         "image_tokens": cfg.image_tokens,
         "digest": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),

@@ -96,7 +96,7 @@ def seva(
     pipeline.prepare(cfg)
     store = pipeline.store_for(cfg)
     refs: dict[str, dict] = {}
-    for name in pipeline.stages_until(until):
+    for name in pipeline.stages_until(cfg, until):
         key = pipeline.key_for(cfg, name, refs)
         force = name in (refresh or [])
         # Prefect's cache record can outlive the artifact dir: if the dir is gone, recompute.

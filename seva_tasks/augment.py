@@ -89,8 +89,8 @@ def alphas_cumprod() -> torch.Tensor:
 
     Bitwise equal to diffusers' `DDPMScheduler(num_train_timesteps=1000, beta_schedule="sigmoid",
     beta_start=1e-5, beta_end=5e-3).alphas_cumprod` (tests/test_augment.py checks it). Computed here
-    rather than imported because diffusers costs ~4 s to import and is not in the engine env, where
-    generate may need this.
+    rather than imported because diffusers costs ~4 s to import and need not be installed where
+    generate rebuilds the noise (e.g. the engine env).
     """
     import torch
 
@@ -201,7 +201,7 @@ def _torchvision(make: Callable) -> Callable:
     """Builder for a torchvision v2 transform applied row by row, each under its own seed.
 
     Per-row parameters (crop box, jitter, ...) need a per-row RNG state, which v2 transforms take
-    only from torch's global generator; `fork_rng` keeps that from leaking out.
+    only from torch's global generator: it is seeded per row and restored after the batch.
     """
 
     def build(cfg: AugmentConfig) -> Callable:
@@ -211,12 +211,17 @@ def _torchvision(make: Callable) -> Callable:
         t = make(v2, cfg.image_size, tuple(int(m * 255) for m in cfg.image_mean))
 
         def apply(batch: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-            out = []
-            for img, seed in zip(batch, seeds):
-                with torch.random.fork_rng(devices=[]):
+            state, threads = torch.get_rng_state(), torch.get_num_threads()
+            torch.set_num_threads(1)  # one small image per call: intra-op threads cost more than they give (5x here)
+            try:
+                out = []
+                for img, seed in zip(batch, seeds):
                     torch.manual_seed(seed)
                     out.append(t(img))
-            return torch.stack(out)
+                return torch.stack(out)
+            finally:  # leave torch's global RNG and threads as we found them
+                torch.set_rng_state(state)
+                torch.set_num_threads(threads)
 
         return apply
 
@@ -276,7 +281,7 @@ def _load(root: Path, rel: str, cfg: AugmentConfig) -> torch.Tensor | None:
 def _save(u8: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
-    # compress_level 1: noise does not compress anyway and level 6 costs ~3x the time
+    # compress_level 1: noised images barely compress, so higher levels only cost time
     Image.fromarray(u8.permute(1, 2, 0).numpy()).save(path, format="PNG", compress_level=1)
 
 
@@ -294,7 +299,8 @@ def _render(df, cfg: AugmentConfig, root: Path, out_dir: Path, drops: Counter) -
             cache = {rel: pool.submit(_load, root, rel, cfg) for rel in dict.fromkeys(images[lo:hi])}
             loaded = [cache[rel].result() for rel in images[lo:hi]]
             ok = [i for i, t in enumerate(loaded) if t is not None]
-            drops["image_unreadable"] += len(loaded) - len(ok)
+            if len(ok) < len(loaded):
+                drops["image_unreadable"] += len(loaded) - len(ok)
             out = apply(torch.stack([loaded[i] for i in ok]), [seeds[lo + i] for i in ok]) if ok else []
             batch_names: list[str | None] = [None] * (hi - lo)
             for j, i in enumerate(ok):
@@ -310,7 +316,8 @@ def run(cfg: AugmentConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     Args:
         cfg: the stage config. inputs: {"sample": the sample artifact dir}. out_dir: where to write.
     Returns:
-        Manifest stats: counts (rows in/out, per subset), drops (reason -> rows), seconds.
+        Manifest stats: counts (rows in/out), per-subset rows, drops (reason -> rows), mode,
+        image_root (the clean images' root, from sample), seconds.
     """
     import polars as pl
 
@@ -322,6 +329,7 @@ def run(cfg: AugmentConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         df = pl.read_parquet(src)
     except (OSError, pl.exceptions.PolarsError) as e:
         raise InputError(f"{src}: cannot read the sample output ({e}). Rerun `seva run --until sample --refresh sample`.") from e
+    rows_in, root = df.height, image_root(inputs["sample"])
     diffusion = cfg.method == "diffusion"
     exact = diffusion and cfg.mode == "exact"
     df = df.with_columns(
@@ -334,12 +342,18 @@ def run(cfg: AugmentConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     if exact:  # nothing to render: generate rebuilds the noised tensor from (noise_step, aug_seed)
         df = df.with_columns(aug_image=pl.lit(None, dtype=pl.String))
     else:
-        names = _render(df, cfg, image_root(inputs["sample"]), out_dir, drops)
+        names = _render(df, cfg, root, out_dir, drops)
         df = df.with_columns(aug_image=pl.Series(names, dtype=pl.String)).filter(pl.col("aug_image").is_not_null())
     if df.is_empty():
         raise InputError(f"{src}: no row could be augmented (drops: {dict(drops)}). Check the images under the sample's image_root.")
     df.write_parquet(out_dir / OUTPUT, compression="zstd")
-    counts = {"rows": df.height, **{f"rows:{s}": n for s, n in df.group_by("subset").len().sort("subset").iter_rows()}}
-    log.info("Augmented %s rows with %s (%s) → %s", f"{df.height:,}", cfg.method, "exact recipe" if exact else "PNGs", out_dir / OUTPUT)
-    return {"counts": counts, "drops": dict(sorted(drops.items())), "mode": "exact" if exact else "pixel",
-            "seconds": {"total": round(time.perf_counter() - t0, 3)}}
+    log.info("Augmented %s/%s rows with %s (%s) → %s", f"{df.height:,}", f"{rows_in:,}", cfg.method,
+             "exact-mode recipe" if exact else "PNGs", out_dir / OUTPUT)
+    return {
+        "counts": {"rows_in": rows_in, "rows": df.height},
+        "subsets": dict(df.group_by("subset").len().sort("subset").iter_rows()),
+        "drops": dict(sorted(drops.items())),
+        "mode": "exact" if exact else "pixel",
+        "image_root": str(root),  # what the `image` column (the clean images) is relative to
+        "seconds": {"total": round(time.perf_counter() - t0, 3)},
+    }

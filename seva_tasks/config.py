@@ -25,8 +25,13 @@ CONFIGS = ROOT / "configs"
 
 # Stage configs live next to their stage's code; importing them is cheap (pydantic only).
 from seva_tasks.augment import AugmentConfig  # noqa: E402
+from seva_tasks.evaluate import EvaluateConfig  # noqa: E402
+from seva_tasks.filter import FilterConfig  # noqa: E402
+from seva_tasks.generate import GenerateConfig  # noqa: E402
+from seva_tasks.pretrain import PretrainConfig  # noqa: E402
 from seva_tasks.sample import SampleConfig  # noqa: E402
 from seva_tasks.toy import ToyConfig  # noqa: E402
+from seva_tasks.train import TrainConfig  # noqa: E402
 
 
 class PipelineConfig(BaseModel):
@@ -37,8 +42,13 @@ class PipelineConfig(BaseModel):
     preset: str = Field("toy", description="Name of the preset this config came from (informational).")
     data_dir: Path = Field(Path("data"), description="Where artifacts live (`<data_dir>/artifacts`).")
     toy: ToyConfig | None = Field(None, description="Build the embedded toy world first (toy preset only).")
+    pretrain: PretrainConfig | None = Field(None, description="Instruction-tune the toy model first (toy preset only).")
     sample: SampleConfig = Field(default_factory=SampleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @property
     def artifacts(self) -> Path:

@@ -19,19 +19,37 @@ from seva_tasks.config import PipelineConfig
 from seva_tasks.errors import ConfigError
 from seva_tasks.store import Store, stage_key
 
-STAGES = ("sample", "augment")
+STAGES = ("pretrain", "sample", "augment", "generate", "filter", "train", "evaluate")
+# Stages whose `model` is replaced by the pretrain stage's output when the preset has one (toy only).
+PRETRAINED_MODEL_STAGES = ("generate", "train", "evaluate")
 
 
 def module(name: str) -> ModuleType:
     return importlib.import_module(f"seva_tasks.{name}")
 
 
-def stages_until(until: str | None) -> tuple[str, ...]:
+def stages_until(cfg: PipelineConfig, until: str | None) -> tuple[str, ...]:
+    """The stages this config runs, in order, up to `until` (pretrain only where configured)."""
+    stages = tuple(s for s in STAGES if s != "pretrain" or cfg.pretrain is not None)
     if until is None:
-        return STAGES
-    if until not in STAGES:
-        raise ConfigError(f"Unknown stage {until!r} for --until. Stages: {', '.join(STAGES)}.")
-    return STAGES[: STAGES.index(until) + 1]
+        return stages
+    if until not in stages:
+        raise ConfigError(f"Unknown stage {until!r} for --until. Stages: {', '.join(stages)}.")
+    return stages[: stages.index(until) + 1]
+
+
+def deps(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
+    """Upstream stages of `name` for this config: its own DEPS, plus pretrain where it supplies the model."""
+    own = tuple(module(name).DEPS)
+    return own + ("pretrain",) if cfg.pretrain is not None and name in PRETRAINED_MODEL_STAGES else own
+
+
+def stage_config(cfg: PipelineConfig, name: str, inputs: dict[str, Path]):
+    """The stage's config as `run` sees it: with the pretrained model swapped in where there is one."""
+    stage_cfg = getattr(cfg, name)
+    if "pretrain" in inputs and name in PRETRAINED_MODEL_STAGES:
+        stage_cfg = stage_cfg.model_copy(update={"model": inputs["pretrain"] / "model"})
+    return stage_cfg
 
 
 def store_for(cfg: PipelineConfig) -> Store:
@@ -45,7 +63,7 @@ def record(cfg: PipelineConfig, name: str, upstream: dict[str, dict]) -> dict:
     fp = getattr(mod, "fingerprint", None)
     return {
         "config": stage_cfg.model_dump(mode="json"),
-        "upstream": {dep: {"key": upstream[dep]["key"], "digest": upstream[dep]["digest"]} for dep in mod.DEPS},
+        "upstream": {dep: {"key": upstream[dep]["key"], "digest": upstream[dep]["digest"]} for dep in deps(cfg, name)},
         "version": mod.VERSION,
         "external": fp(stage_cfg) if fp else None,
     }
@@ -74,8 +92,8 @@ def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, dict], *, key:
     store = store_for(cfg)
     rec = record(cfg, name, upstream)
     key = key or stage_key(name, rec["config"], rec["upstream"], rec["version"], rec["external"])
-    inputs = {dep: Path(upstream[dep]["path"]) for dep in mod.DEPS}
-    stage_cfg = getattr(cfg, name)
+    inputs = {dep: Path(upstream[dep]["path"]) for dep in deps(cfg, name)}
+    stage_cfg = stage_config(cfg, name, inputs)
     manifest = store.build(
         name,
         key,
@@ -92,9 +110,8 @@ def status(cfg: PipelineConfig, until: str | None = None) -> list[dict]:
     store = store_for(cfg)
     refs: dict[str, dict] = {}
     rows = []
-    for name in stages_until(until):
-        mod = module(name)
-        if any(dep not in refs for dep in mod.DEPS):
+    for name in stages_until(cfg, until):
+        if any(dep not in refs for dep in deps(cfg, name)):
             rows.append({"stage": name, "state": "missing", "key": None, "why": "upstream not built"})
             continue
         key = key_for(cfg, name, refs)

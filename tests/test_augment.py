@@ -73,7 +73,9 @@ def test_each_augmentation_is_seeded_reproducible(method):
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
     seeds = list(range(8))
+    before = torch.get_rng_state()
     a, b = apply(batch, seeds), apply(batch, seeds)
+    assert torch.equal(torch.get_rng_state(), before)  # torch's global RNG is left as it was
     assert a.dtype == torch.uint8 and a.shape == batch.shape
     assert torch.equal(a, b)
     if method != "center_crop":  # the one deterministic view
@@ -129,7 +131,8 @@ def test_exact_mode_writes_the_recipe_only(tmp_path):
                           "augmentation", "mode", "noise_step", "aug_seed", "aug_image"]
     assert df["noise_step"].to_list() == [800] * 3 and df["aug_image"].null_count() == 3
     assert df["aug_seed"].to_list() == [row_seed(4, i) for i in df["id"]]
-    assert stats["counts"] == {"rows": 3, "rows:ocr_vqa": 3} and stats["mode"] == "exact"
+    assert stats["counts"] == {"rows_in": 3, "rows": 3} and stats["subsets"] == {"ocr_vqa": 3}
+    assert stats["mode"] == "exact" and stats["drops"] == {}
     assert not (tmp_path / "o1" / "images").exists()
     run(AugmentConfig(noise_step=800, seed=4), deps, tmp_path / "o2")
     assert (tmp_path / "o1" / augment.OUTPUT).read_bytes() == (tmp_path / "o2" / augment.OUTPUT).read_bytes()

@@ -134,7 +134,7 @@ def test_sample_counts_each_drop_reason(tmp_path, root):
     assert sorted(df["record_id"]) == sorted(r["id"] for r in good)
     assert stats["counts"]["text_only"] == 1 and stats["counts"]["other_subset:coco"] == 1
     assert stats["counts"]["records"] == len(good) + len(bad)
-    assert stats["counts"]["images:ocr_vqa"] == 5 and stats["counts"]["questions:textvqa"] == 1
+    assert stats["subsets"]["ocr_vqa"]["images"] == 5 and stats["subsets"]["textvqa"]["questions"] == 1
 
 
 @pytest.mark.parametrize(
@@ -180,6 +180,8 @@ def test_sample_draw_is_seeded(tmp_path, root):
     assert set(a["record_id"]) != set(c["record_id"])
     assert a.filter(subset="ocr_vqa")["record_id"].n_unique() == 10 and a.filter(subset="ocr_vqa").height == 20
     assert a.filter(subset="textvqa").height == 5
+    stats, _ = run(cfg_for(ann, root, subsets=subsets, seed=0), tmp_path, "d")
+    assert stats["subsets"]["textvqa"]["examined"] == 5 < stats["subsets"]["textvqa"]["candidates"] == 40  # lazy
     assert a["id"].n_unique() == a.height
     assert (a.group_by("record_id").agg(pl.col("turn").is_sorted())["turn"]).all()  # turns kept in order
 
@@ -212,7 +214,8 @@ def test_sample_applies_seva_strip_rules_per_subset(tmp_path, root):
 def test_sample_reports_shortfall(tmp_path, root):
     ann = many(tmp_path, root, 3)
     stats, df = run(cfg_for(ann, root, subsets={"textvqa": {"images": 5}}), tmp_path)
-    assert stats["shortfall"] == {"textvqa": 2} and df.height == 3
+    assert stats["subsets"]["textvqa"] == {"candidates": 3, "examined": 3, "images": 3, "questions": 3, "shortfall": 2}
+    assert df.height == 3
     assert stats["counts"]["other_subset:ocr_vqa"] == 3
 
 
@@ -225,3 +228,18 @@ def test_sample_fingerprint_changes_with_the_file(tmp_path, root):
     os.utime(ann, ns=(1, 1))
     assert sample.fingerprint(cfg) != before
     assert sample.fingerprint(cfg_for(tmp_path / "absent.json", root)) == {"annotations": None}
+
+
+def test_sample_detects_truncation_inside_the_image_data(tmp_path, root):
+    """A JPEG/PNG cut in its compressed data (not its header) is still undecodable, despite draft mode."""
+    scene = Image.effect_mandelbrot((300, 200), (-2, -1.5, 1, 1.5), 100).convert("RGB")
+    recs = []
+    for fmt in ("jpg", "png"):
+        scene.save(root / f"full.{fmt}")
+        data = (root / f"full.{fmt}").read_bytes()
+        (root / "ocr_vqa").mkdir(exist_ok=True)
+        (root / f"ocr_vqa/cut.{fmt}").write_bytes(data[: int(len(data) * 0.95)])
+        recs.append(rec(f"cut{fmt}", f"ocr_vqa/cut.{fmt}", OCR_Q))
+    recs.append(rec("ok", save(root, "ocr_vqa/ok.jpg"), OCR_Q))
+    stats, df = run(cfg_for(write(tmp_path, recs), root), tmp_path)
+    assert stats["drops"] == {"image_undecodable": 2} and df["record_id"].to_list() == ["ok"]

@@ -1,0 +1,88 @@
+"""Generation engines: one interface, two implementations, run shard by shard in a worker process.
+
+    vllm  seva_tasks/engines/vllm_worker.py   vllm.LLM(...).generate, large batches (default)
+    hf    seva_tasks/engines/hf.py            transformers generate; batch 1 is SeVa's own path
+
+`shards.run_shards(jobs, cfg)` loads one engine and turns request shards (Parquet) into result shards;
+`python -m seva_tasks.engines.vllm_worker SPEC.json` runs it under the engine env's interpreter.
+This package is imported by that interpreter too, so it imports only what `.venv-vllm` has:
+pydantic, pyarrow, numpy, PIL, torch, transformers (never polars, prefect, diffusers, torchvision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import Field
+
+from seva_tasks.base import StageConfig
+
+
+class EngineConfig(StageConfig):
+    """What a worker needs to load the model and decode: the engine part of `GenerateConfig`.
+
+    Args: see each field's description. Defaults are the paper's (llava-1.5-7b, greedy, 512 tokens).
+    """
+
+    engine: Literal["vllm", "hf"] = Field("vllm", description="'vllm' (batched multimodal engine, default) or 'hf' (transformers generate, the reference).")
+    model: Path = Field(Path("data/models/llava-1.5-7b-hf"), description="Local model directory in llava-hf format (never a hub id: runs are offline).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights/activations dtype (paper: float16; float32 for exact vLLM/HF agreement).")
+    max_new_tokens: int = Field(512, ge=1, description="Generated tokens per answer at most (paper: 512).")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy (paper); > 0 samples, seeded by `seed`.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (ignored when greedy).")
+    seed: int = Field(0, description="Sampling seed (greedy decoding does not use it).")
+    max_model_len: int = Field(2048, ge=16, description="Context length: prompt (text + image tokens) + answer. Longer prompts are dropped per row.")
+    pad_to_square: bool = Field(True, description="LLaVA-1.5's `image_aspect_ratio=pad`: pad with the mean colour, then resize (else the processor's resize+crop).")
+    batch_size: int = Field(1, ge=1, description="hf only: rows per generate call (1 = SeVa's path; >1 pads left).")
+    kv_cache_memory_bytes: int | None = Field(None, ge=1, description="vllm: KV-cache bytes. Required on CPU (else vLLM asks for 92% of RAM); None on GPUs uses gpu_memory_utilization.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm on GPUs: fraction of device memory for weights + KV cache.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per engine (one worker process per group).")
+    max_num_seqs: int | None = Field(None, ge=1, description="vllm: sequences decoded together at most (None: vLLM's default).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model directory (off: llava-hf needs none).")
+    vllm_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for vllm.LLM (e.g. enforce_eager: true).")
+
+
+@dataclass
+class Request:
+    """One prompt + one image: a file to feed as is, or SeVa's exact noise to apply to its pixels."""
+
+    req_id: str
+    prompt: str
+    image: str  # absolute path
+    noise_step: int | None = None  # exact mode: x_t of the CLIP-normalized tensor (seva_tasks.augment)
+    aug_seed: int | None = None
+
+
+@dataclass
+class Output:
+    """One answer. `error` set means no answer (the row is dropped with that reason, never left empty)."""
+
+    req_id: str
+    text: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (EOS or stop string) | "length" (hit max_new_tokens / max_model_len)
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+class Engine(Protocol):
+    """What the shard runner needs from an engine."""
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens the prompt occupies, image placeholders expanded (for the per-row length check)."""
+
+    def generate(self, requests: list[Request]) -> list[Output]:
+        """Answers in request order; may raise for a whole batch (the runner then splits it)."""
+
+
+def make_engine(cfg: EngineConfig, *, embeds: bool = False) -> Engine:
+    """Load the engine named by `cfg.engine` (`embeds`: some requests need exact-noise embeddings)."""
+    if cfg.engine == "vllm":
+        from seva_tasks.engines.vllm_worker import VllmEngine
+
+        return VllmEngine(cfg, embeds=embeds)
+    from seva_tasks.engines.hf import HFEngine
+
+    return HFEngine(cfg)

@@ -1,0 +1,100 @@
+"""Engine `hf`: transformers `generate`, the reference the vLLM engine is checked against.
+
+Batch 1 is SeVa's own path (`data/step2/generate_with_aug.py`: one image, greedy, HF generate) and the
+performance anchor; `batch_size > 1` pads prompts on the left. Exact-noise rows get their noised
+pixel tensor as `pixel_values` directly, as SeVa does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from seva_tasks.base import resolve
+from seva_tasks.engines import EngineConfig, Output, Request
+from seva_tasks.engines.vision import ImagePrep, resolve_dtype
+
+
+def request_seed(seed: int, key: str) -> int:
+    """A per-request sampling seed independent of batching and shard order (< 2**31)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big") >> 1
+
+
+class HFEngine:
+    """LlavaForConditionalGeneration + its processor, on CPU or the first GPU."""
+
+    row_errors: tuple[type[BaseException], ...] = (OSError,)  # an unreadable image
+
+    def __init__(self, cfg: EngineConfig):
+        import torch
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        self.cfg = cfg
+        path = str(resolve(cfg.model))
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+        self.dtype = resolve_dtype(config, cfg.dtype)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=self.dtype, local_files_only=True, trust_remote_code=cfg.trust_remote_code
+        ).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.prep = ImagePrep(resolve(cfg.model), pad=cfg.pad_to_square)
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos)
+        self.image_token_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
+        self.image_tokens = image_tokens(config)
+
+    def prompt_tokens(self, prompt: str) -> int:
+        ids = self.tokenizer(prompt).input_ids
+        return len(ids) + ids.count(self.image_token_id) * (self.image_tokens - 1)
+
+    def generate(self, requests: list[Request]) -> list[Output]:
+        out: list[Output] = []
+        for i in range(0, len(requests), self.cfg.batch_size):
+            out += self._batch(requests[i : i + self.cfg.batch_size])
+        return out
+
+    def _batch(self, reqs: list[Request]) -> list[Output]:
+        """One padded generate call; rows stop at EOS or at their own token budget."""
+        import torch
+
+        enc = self.processor(text=[r.prompt for r in reqs], images=[self.prep.square(r.image) for r in reqs],
+                             padding=True, return_tensors="pt")
+        pv = enc["pixel_values"]
+        for j, r in enumerate(reqs):
+            if r.noise_step is not None:
+                pv[j] = self.prep.noised(r.image, r.noise_step, r.aug_seed)[0].to(pv.dtype)
+        enc["pixel_values"] = pv.to(self.dtype)
+        enc = enc.to(self.device)
+        width = enc["input_ids"].shape[1]
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        budgets = [min(self.cfg.max_new_tokens, self.cfg.max_model_len - n) for n in lengths]
+        sample = self.cfg.temperature > 0
+        if sample:
+            torch.manual_seed(request_seed(self.cfg.seed, reqs[0].req_id))
+        with torch.inference_mode():
+            ids = self.model.generate(
+                **enc, max_new_tokens=max(budgets), do_sample=sample, pad_token_id=self.pad_id,
+                **({"temperature": self.cfg.temperature, "top_p": self.cfg.top_p} if sample else {"temperature": None, "top_p": None, "top_k": None}),
+            )
+        outs = []
+        for j, r in enumerate(reqs):
+            toks, finish = [], "length"
+            for t in ids[j, width:].tolist()[: budgets[j]]:
+                toks.append(t)
+                if t in self.eos:
+                    finish = "stop"
+                    break
+            text = self.tokenizer.decode([t for t in toks if t not in self.eos], skip_special_tokens=True)
+            outs.append(Output(r.req_id, text, toks, finish, int(lengths[j])))
+        return outs
+
+
+def image_tokens(config) -> int:
+    """Tokens one image occupies in a LLaVA prompt: (side / patch)^2, plus CLS with strategy 'full'."""
+    v = config.vision_config
+    n = (v.image_size // v.patch_size) ** 2
+    return n + (1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0)

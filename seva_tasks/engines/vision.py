@@ -1,0 +1,156 @@
+"""Images as LLaVA-1.5 sees them, SeVa's exact noise, and the vision tower + projector for vLLM.
+
+- `ImagePrep.square(path)`: `expand2square(img, mean·255)` then a bicubic resize to the model's side,
+  which is what LLaVA's `process_images(..., image_aspect_ratio="pad")` feeds CLIP (the processor's
+  own resize + centre crop of a square at that side is then a no-op).
+- `ImagePrep.noised(path, step, seed)`: that image CLIP-normalized, plus SeVa's diffusion noise
+  x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε with ε ~ N(0, 1) drawn from `seed` (seva_tasks.augment's recipe).
+  diffusers is not in the engine env, so the schedule is written out here with diffusers' exact
+  tensor ops; tests/test_engines.py checks it equals `augment.add_diffusion_noise` bit for bit.
+- `VisionEncoder`: noised pixel values -> (1, image_tokens, text_hidden) embeddings, i.e. the
+  vision tower's penultimate layer (CLS dropped) through the projector, which vLLM's LLaVA accepts
+  as `multi_modal_data={"image": embeds}` (`enable_mm_embeds=True`). Only those weights are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seva_tasks.augment import expand2square, load_rgb
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+
+@lru_cache(maxsize=1)
+def _alphas_cumprod():
+    """ᾱ for SeVa's schedule: T=1000, betas = sigmoid(linspace(-6, 6))·(5e-3 − 1e-5) + 1e-5 (float32)."""
+    import torch
+
+    betas = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (5e-3 - 1e-5) + 1e-5
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def diffusion_noise(x0: torch.Tensor, noise_step: int, seed: int) -> torch.Tensor:
+    """One row [1, C, H, W] noised as `augment.add_diffusion_noise(x0, noise_step, [seed])`."""
+    import torch
+
+    x = x0.float()
+    noise = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(seed))[None]
+    ac = _alphas_cumprod().to(dtype=x.dtype)
+    t = torch.tensor([noise_step], dtype=torch.long)
+    a, b = (ac[t] ** 0.5).flatten(), ((1 - ac[t]) ** 0.5).flatten()
+    return (a.view(-1, 1, 1, 1) * x + b.view(-1, 1, 1, 1) * noise).to(x0.dtype)
+
+
+class ImagePrep:
+    """The model's input side and normalization, read from its processor config."""
+
+    def __init__(self, model: Path, *, pad: bool = True):
+        from transformers import AutoConfig, AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(str(model), local_files_only=True)
+        self.mean, self.std = tuple(proc.image_mean), tuple(proc.image_std)
+        self.size = int(AutoConfig.from_pretrained(str(model), local_files_only=True).vision_config.image_size)
+        self.pad = pad
+
+    def square(self, path: str | Path) -> Image.Image:
+        """The RGB image at the model's side: padded (LLaVA-1.5) or resized + centre-cropped (CLIP)."""
+        from PIL import Image
+
+        img, s = load_rgb(Path(path)), self.size
+        if self.pad:
+            img = expand2square(img, tuple(int(m * 255) for m in self.mean))
+            return img if img.size == (s, s) else img.resize((s, s), Image.BICUBIC)
+        w, h = img.size  # CLIPImageProcessor: shortest edge -> s, then the centre s x s
+        w2, h2 = (s, max(s, round(h * s / w))) if w <= h else (max(s, round(w * s / h)), s)
+        img = img.resize((w2, h2), Image.BICUBIC)
+        left, top = (w2 - s) // 2, (h2 - s) // 2
+        return img.crop((left, top, left + s, top + s))
+
+    def pixel_values(self, path: str | Path) -> torch.Tensor:
+        """[1, 3, S, S] float32: the square image rescaled to [0, 1] and normalized."""
+        import numpy as np
+        import torch
+
+        u8 = torch.from_numpy(np.array(self.square(path), dtype=np.uint8)).permute(2, 0, 1)[None]
+        m, s = torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1)
+        return (u8.float() / 255 - m) / s
+
+    def noised(self, path: str | Path, noise_step: int, seed: int) -> torch.Tensor:
+        return diffusion_noise(self.pixel_values(path), noise_step, seed)
+
+
+def _weights(model: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, for single-file and sharded checkpoints."""
+    index = model / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: model / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    from safetensors import safe_open
+
+    files = sorted(model.glob("*.safetensors"))
+    out = {}
+    for f in files:
+        with safe_open(str(f), "pt") as sf:
+            out.update({k: f for k in sf.keys()})
+    return out
+
+
+def resolve_dtype(config, dtype: str):
+    """The torch dtype for a config's `dtype` setting ('auto': the checkpoint's, else float32)."""
+    import torch
+
+    if dtype == "auto":
+        found = getattr(config, "dtype", None) or getattr(config.get_text_config(), "dtype", None)
+        return found if isinstance(found, torch.dtype) else getattr(torch, str(found or "float32"))
+    return getattr(torch, dtype)
+
+
+# llava-hf names (`vision_tower.vision_model.*`), transformers >= 5 names (`model.vision_tower.*`)
+_TOWER = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)$")
+_PROJ = re.compile(r"^(?:model\.)?multi_modal_projector\.(.+)$")
+
+
+class VisionEncoder:
+    """LLaVA's image path outside the LLM: CLIP vision tower -> feature layer -> projector."""
+
+    def __init__(self, model: Path, dtype: str = "float32"):
+        import torch
+        from safetensors import safe_open
+        from transformers import AutoConfig, AutoModel
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+        config = AutoConfig.from_pretrained(str(model), local_files_only=True)
+        self.layer, self.strategy = config.vision_feature_layer, config.vision_feature_select_strategy
+        self.dtype = resolve_dtype(config, dtype)
+        self.tower = AutoModel.from_config(config.vision_config)
+        self.projector = LlavaMultiModalProjector(config)
+        tower_sd, proj_sd = {}, {}
+        for name, path in _weights(model).items():
+            for pattern, sd in ((_TOWER, tower_sd), (_PROJ, proj_sd)):
+                if m := pattern.match(name):
+                    with safe_open(str(path), "pt") as sf:
+                        sd[m.group(1)] = sf.get_tensor(name)
+        # CLIPVisionModel's own keys may or may not start with `vision_model.`
+        prefix = "vision_model." if any(k.startswith("vision_model.") for k in self.tower.state_dict()) else ""
+        self.tower.load_state_dict({prefix + k: v for k, v in tower_sd.items()}, strict=True)
+        self.projector.load_state_dict(proj_sd, strict=True)
+        self.tower.to(self.dtype).eval()
+        self.projector.to(self.dtype).eval()
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> [B, image_tokens, text_hidden] (what LLaVA splices in for `<image>`)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.tower(pixel_values.to(self.dtype), output_hidden_states=True)
+            layers = [self.layer] if isinstance(self.layer, int) else list(self.layer)
+            feats = [out.hidden_states[i] for i in layers]
+            if self.strategy == "default":
+                feats = [f[:, 1:] for f in feats]
+            return self.projector(torch.cat(feats, dim=-1))

@@ -1,0 +1,147 @@
+"""Engine `vllm` and the generation worker process (also used for `hf`).
+
+    .venv-vllm/bin/python -m seva_tasks.engines.vllm_worker SPEC.json
+
+SPEC.json = {"engine": EngineConfig fields, "embeds": bool, "jobs": [{"shard", "requests", "results"}]}.
+The worker loads the engine once (vLLM starts in 10-25 s on CPU) and runs the shards in order,
+publishing each result shard atomically as it finishes; shards already finished are skipped. It is
+started by `seva_tasks.generate` with the engine env's interpreter and the environment below.
+
+On CPU (DESIGN §4): in-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`: 10-25 s / ~1.3 GiB instead
+of 40 s / ~3 GiB), offline hub, explicit `kv_cache_memory_bytes`. vLLM 0.32's LLaVA module imports
+transformers' Pixtral image processor, which needs torchvision; the CPU engine env has none (PyPI's
+builds break beside torch+cpu), so `engines/_shim/sitecustomize.py` provides the one helper vLLM
+takes from it (see there). It is put on PYTHONPATH only for this process and its children.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from seva_tasks.base import resolve
+from seva_tasks.engines import EngineConfig, Output, Request
+from seva_tasks.engines.hf import image_tokens, request_seed
+from seva_tasks.engines.vision import ImagePrep, VisionEncoder
+
+SHIM_DIR = Path(__file__).resolve().parent / "_shim"
+ENCODER_BATCH = 32  # noised images through the vision tower per forward (bounded memory)
+log = logging.getLogger(__name__)
+
+
+def worker_env(base: dict[str, str], cfg: EngineConfig) -> dict[str, str]:
+    """The environment a worker runs with: offline, in-process vLLM on CPU, the torchvision shim."""
+    env = dict(base)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    if cfg.engine == "vllm":
+        if cfg.tensor_parallel_size == 1:
+            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        env["PYTHONPATH"] = str(SHIM_DIR) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+class VllmEngine:
+    """`vllm.LLM` over one model; clean images go in as PIL, exact-noise rows as embeddings."""
+
+    def __init__(self, cfg: EngineConfig, *, embeds: bool = False):
+        from transformers import AutoConfig
+        from vllm import LLM
+
+        self.cfg = cfg
+        path = resolve(cfg.model)
+        kwargs = dict(model=str(path), dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
+                      tensor_parallel_size=cfg.tensor_parallel_size, trust_remote_code=cfg.trust_remote_code,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, limit_mm_per_prompt={"image": 1})
+        if cfg.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+        if cfg.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = cfg.max_num_seqs
+        if embeds:
+            kwargs["enable_mm_embeds"] = True
+        self.llm = LLM(**{**kwargs, **cfg.vllm_args})
+        self.tokenizer = self.llm.get_tokenizer()
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+        self.image_token_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
+        self.image_tokens = image_tokens(config)
+        self.prep = ImagePrep(path, pad=cfg.pad_to_square)
+        self.encoder = VisionEncoder(path, cfg.dtype) if embeds else None
+        from vllm.exceptions import VLLMValidationError
+
+        self.row_errors = (OSError, VLLMValidationError)  # a bad image / a rejected prompt, not a broken engine
+
+    def prompt_tokens(self, prompt: str) -> int:
+        ids = self.tokenizer(prompt).input_ids
+        return len(ids) + ids.count(self.image_token_id) * (self.image_tokens - 1)
+
+    def _images(self, requests: list[Request]) -> list:
+        """PIL squares for clean rows; (1, tokens, hidden) embeddings for exact-noise rows."""
+        import torch
+
+        images: list = [None] * len(requests)
+        noisy = [i for i, r in enumerate(requests) if r.noise_step is not None]
+        for lo in range(0, len(noisy), ENCODER_BATCH):
+            idx = noisy[lo : lo + ENCODER_BATCH]
+            pv = torch.cat([self.prep.noised(requests[i].image, requests[i].noise_step, requests[i].aug_seed) for i in idx])
+            for i, emb in zip(idx, self.encoder(pv)):
+                images[i] = emb[None]
+        for i, r in enumerate(requests):
+            if r.noise_step is None:
+                images[i] = self.prep.square(r.image)
+        return images
+
+    def generate(self, requests: list[Request]) -> list[Output]:
+        from vllm import SamplingParams
+
+        sample = self.cfg.temperature > 0
+        params = [
+            SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p if sample else 1.0,
+                           max_tokens=self.cfg.max_new_tokens, seed=request_seed(self.cfg.seed, r.req_id) if sample else None)
+            for r in requests
+        ]
+        prompts = [{"prompt": r.prompt, "multi_modal_data": {"image": img}} for r, img in zip(requests, self._images(requests))]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            Output(r.req_id, o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason, len(o.prompt_token_ids))
+            for r, o in zip(requests, outs)
+        ]
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this worker when the stage process that started it dies (Linux), so no orphan keeps
+    writing shards or holding GPU memory after a kill -9 of the flow."""
+    parent = os.environ.get("SEVA_PARENT_PID")
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # died before the line above took effect
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the shards of a spec file; exit 0 only when every shard has a published result."""
+    from seva_tasks.engines.shards import run_shards
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m seva_tasks.engines.vllm_worker SPEC.json", file=sys.stderr)
+        return 2
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = json.loads(Path(args[0]).read_text())
+    cfg = EngineConfig.model_validate(spec["engine"])
+    run_shards(spec["jobs"], cfg, embeds=spec.get("embeds", False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

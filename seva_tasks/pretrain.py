@@ -1,0 +1,425 @@
+"""Stage `pretrain`: instruction-tune the toy world's random tiny LLaVA, so that SeVa has a model to align.
+
+    seva run --until pretrain                            # this stage alone (it has no upstream)
+    seva run --until pretrain pretrain.steps=600         # a shorter run (its own cache key)
+
+Toy preset only: real presets start from released weights. The tiny LLaVA of `seva_tasks.toy` has
+random weights, so its answers (and SeVa's preference pairs) would be noise. This stage trains every
+weight (vision tower, projector, language model: nothing here is pretrained) with transformers'
+`Trainer` and answer-only cross-entropy on
+
+- the toy `llava_v1_5_mix665k.json` (its `gpt` turns are true by construction), rows of `sources`, and
+- `extra` fresh training scenes per source, drawn with `toy.random_scene` from this stage's own seed
+  stream (`Random(f"{seed}:pretrain:{source}")`, never the benchmarks' `"{seed}:benchmarks"`), asked
+  the same question templates as the mix (`toy.QAS`), rendered in memory and JPEG-encoded as the
+  mix's images are. The 184-row default mix alone is far too little to learn colours and shapes.
+
+Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the front of the first human
+turn, vicuna_v1 turns "USER: q ASSISTANT: a</s>", loss on each answer and its `</s>` only. Images are
+padded to a square with the mean colour and resized, as the engines and SeVa feed them.
+
+After training it asks `heldout` questions (GQA/OCR-VQA templates on scenes from a third seed stream)
+with greedy decoding and records accuracy per question type next to chance in the manifest.
+
+Output: `out_dir/model/`, a full model directory (the base's config, processor, tokenizer and chat
+template, copied; float32 `model.safetensors` with llava-hf names, which transformers and vLLM 0.32
+both load), and `metrics.jsonl` (one line per logging step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from seva_tasks import toy
+from seva_tasks.base import StageConfig, resolve
+from seva_tasks.errors import ConfigError, InputError
+
+VERSION = 1
+DEPS: tuple[str, ...] = ()
+SOURCES = (*toy.PREFIXES, "text")  # "text": rows without an image (ShareGPT-like)
+HELDOUT_KINDS = ("color", "shape", "exists", "count", "side", "genre")
+CHANCE = {"color": 1 / len(toy.COLORS), "shape": 1 / len(toy.SHAPES), "exists": 0.5, "count": 0.2, "side": 0.5,
+          "genre": 1 / len(toy.GENRES)}
+log = logging.getLogger(__name__)
+
+
+class PretrainConfig(StageConfig):
+    """Instruction tuning of the toy LLaVA: data, optimiser and the held-out check.
+
+    Args: see each field's description. The defaults train to well above chance in ~2-3 minutes on
+    2 CPU cores (see the manifest's `heldout` and `seconds`).
+    """
+
+    model: Path = Field(Path("data/toy/model"), description="Base (random) model directory: the toy world's tiny LLaVA.")
+    annotations: Path = Field(Path("data/toy/llava_v1_5_mix665k.json"), description="The toy LLaVA-665k-style mix whose conversations are trained on.")
+    image_root: Path = Field(Path("data/toy/images"), description="Directory the mix's `image` paths are relative to.")
+    sources: tuple[str, ...] = Field(SOURCES, description="Mix rows to train on, by image prefix (ocr_vqa, textvqa, coco, gqa, vg) or 'text' for text-only rows.")
+    extra: dict[str, int] = Field(
+        default_factory=lambda: {"gqa": 4000, "coco": 600, "ocr_vqa": 800, "textvqa": 400},
+        description="Fresh training scenes per source (toy templates, this stage's own seed stream) on top of the mix.")
+    steps: int = Field(1500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Conversations per step.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="transformers scheduler name.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_length: int = Field(512, ge=32, description="Conversations longer than this many tokens (image tokens included) are dropped and counted.")
+    seed: int = Field(0, description="Seeds the extra scenes, data order and the held-out questions' scenes.")
+    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
+    heldout: int = Field(240, ge=0, description="Held-out questions asked after training (split evenly over the question types); 0: skip.")
+    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if s not in SOURCES]
+        if bad:
+            raise ValueError(f"unknown source(s) {bad}. Got {list(v)}; use some of {list(SOURCES)}.")
+        return v
+
+    @field_validator("extra")
+    @classmethod
+    def _known_extra(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [s for s in v if s not in toy.PREFIXES]
+        neg = [s for s, n in v.items() if n < 0]
+        if bad or neg:
+            raise ValueError(f"extra maps a source ({', '.join(toy.PREFIXES)}) to a count >= 0. Got {v}.")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def fingerprint(cfg: PretrainConfig) -> dict:
+    """Content of the base model, the mix, its images, and the toy templates the extra scenes use."""
+    model, mix, images = resolve(cfg.model), resolve(cfg.annotations), resolve(cfg.image_root)
+    h = hashlib.sha256()
+    for p in sorted(images.rglob("*")) if images.is_dir() else []:
+        if p.is_file():
+            h.update(p.relative_to(images).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    files = {p.relative_to(model).as_posix(): _sha(p) for p in sorted(model.rglob("*")) if p.is_file()} if model.is_dir() else None
+    return {"model": files, "annotations": _sha(mix) if mix.is_file() else None, "images": h.hexdigest(),
+            "toy_code": _sha(Path(toy.__file__))}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_inputs(cfg: PretrainConfig) -> None:
+    errors = []
+    if not (resolve(cfg.model) / "config.json").is_file():
+        errors.append(f"Base model not found: {resolve(cfg.model)} has no config.json. Build the toy world "
+                      "(python -m seva_tasks.toy) or point pretrain.model at it, e.g. pretrain.model=data/toy/model.")
+    if not resolve(cfg.annotations).is_file():
+        errors.append(f"Mix not found: {resolve(cfg.annotations)}. Build the toy world (python -m seva_tasks.toy) "
+                      "or set pretrain.annotations=data/toy/llava_v1_5_mix665k.json.")
+    if errors:
+        raise InputError("\n".join(errors))
+
+
+def _source(row: dict) -> str:
+    return "text" if "image" not in row else next((s for s, p in toy.PREFIXES.items() if row["image"].startswith(p + "/")), "other")
+
+
+def _conversations(cfg: PretrainConfig) -> tuple[list[tuple[list[dict], Any]], dict]:
+    """(turns, image) per training conversation: the mix's rows of `sources`, then the extra scenes.
+
+    `image` is a path, a JPEG-encoded scene (bytes) or None.
+    """
+    rows = json.loads(resolve(cfg.annotations).read_text())
+    convs = [(r["conversations"], resolve(cfg.image_root) / r["image"] if "image" in r else None)
+             for r in rows if _source(r) in cfg.sources]
+    counts = {"mix_rows": len(convs)}
+    for source, n in sorted(cfg.extra.items()):
+        rng = random.Random(f"{cfg.seed}:pretrain:{source}")
+        for i in range(n):
+            scene = toy.random_scene(rng, toy.KINDS[source], f"pretrain/{source}/{i:06d}.jpg")
+            qas = toy.QAS[source](rng, scene)
+            suffix = f"\n{toy.SHORT}" if source in ("ocr_vqa", "gqa") else ""  # as toy's mix asks them
+            turns = [t for q, a in qas for t in ({"from": "human", "value": q + suffix}, {"from": "gpt", "value": a})]
+            buf = io.BytesIO()
+            toy.render(scene).save(buf, format="JPEG", quality=95)
+            convs.append((turns, buf.getvalue()))
+        counts[f"extra_{source}"] = n
+    return convs, counts
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens and pixels
+
+
+def _encode(turns: list[dict], tok, image_id: int, image_tokens: int, has_image: bool) -> tuple[list[int], list[int]]:
+    """vicuna_v1 ids and labels (-100 outside answers), `<image>` first and expanded as the processor does."""
+    ids, labels = [], []
+    for i in range(0, len(turns) - 1, 2):
+        q, a = turns[i]["value"], turns[i + 1]["value"]
+        if i == 0 and has_image:  # LLaVA's preprocess_multimodal: the image always leads the first turn
+            q = "<image>\n" + q.replace("<image>", "").strip()
+        head = (toy.SYSTEM + " " if i == 0 else "") + f"USER: {q} ASSISTANT:"
+        p = tok(head, add_special_tokens=i == 0).input_ids
+        ans = tok(" " + a, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        ids += p + ans
+        labels += [-100] * len(p) + ans
+    if has_image:
+        at = ids.index(image_id)
+        ids[at:at + 1] = [image_id] * image_tokens
+        labels[at:at + 1] = [-100] * image_tokens
+    return ids, labels
+
+
+def _pixels(image, size: int, mean) -> "Any":
+    """uint8 [3, size, size] as the engines feed the model (pad to square with the mean colour, resize)."""
+    from PIL import Image
+
+    from seva_tasks.augment import square_tensor
+
+    with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
+        return square_tensor(im.convert("RGB"), size, mean)
+
+
+def _examples(cfg: PretrainConfig, processor, config) -> tuple[list[dict], dict]:
+    """Tokenized conversations with their uint8 images; drops (and counts) the over-long ones."""
+    convs, counts = _conversations(cfg)
+    tok, ip = processor.tokenizer, processor.image_processor
+    out, too_long = [], 0
+    for turns, image in convs:
+        ids, labels = _encode(turns, tok, config.image_token_index, config.image_seq_length, image is not None)
+        if len(ids) > cfg.max_length:
+            too_long += 1
+            continue
+        px = _pixels(image, config.vision_config.image_size, ip.image_mean) if image is not None else None
+        out.append({"input_ids": ids, "labels": labels, "pixels": px})
+    counts.update(examples=len(out), dropped_too_long=too_long,
+                  answer_tokens=sum(sum(t != -100 for t in e["labels"]) for e in out))
+    if not out:
+        raise InputError(f"No training conversations: pretrain.sources={list(cfg.sources)} and pretrain.extra="
+                         f"{cfg.extra} select nothing under max_length={cfg.max_length}. Add sources or extra scenes.")
+    return out, counts
+
+
+def _collator(pad_id: int, mean, std):
+    """Right-padded batch; pixel values only for the rows that have an image (LLaVA splices them in order).
+
+    `logits_to_keep` marks the positions that predict an answer token, so the LM head and the loss
+    run on those alone (~15% of positions); `labels` are their targets, flattened in the same order.
+    """
+    import torch
+
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def collate(batch: list[dict]) -> dict:
+        width = max(len(e["input_ids"]) for e in batch)
+        ids = torch.full((len(batch), width), pad_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):
+            n = len(e["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+        keep = torch.zeros((len(batch), width), dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        out = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": keep, "labels": labels[:, 1:][keep[:, :-1]]}
+        px = [e["pixels"] for e in batch if e["pixels"] is not None]
+        if px:
+            out["pixel_values"] = (torch.stack(px).float() / 255 - m) / s
+        return out
+
+    return collate
+
+
+def _loss(outputs, labels, num_items_in_batch=None):
+    """Mean cross-entropy over the answer tokens (logits come flattened: one row per kept position)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(outputs.logits.float(), labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Training and saving
+
+
+def _callbacks(total: int):
+    """Mirror the step counter into seva_tasks.progress (the flow shows it in Prefect)."""
+    from transformers import TrainerCallback
+
+    from seva_tasks import progress
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            progress.report("pretrain", state.global_step, total)
+
+    return [Progress()]
+
+
+def _train(cfg: PretrainConfig, model, examples: list[dict], processor, out_dir: Path) -> list[dict]:
+    """transformers.Trainer on every weight; returns the log history."""
+    from transformers import Trainer, TrainingArguments
+
+    ip = processor.image_processor
+    args = TrainingArguments(
+        output_dir=str(out_dir / ".trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
+        save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=examples,
+                      data_collator=_collator(processor.tokenizer.pad_token_id, ip.image_mean, ip.image_std),
+                      compute_loss_func=_loss, callbacks=_callbacks(cfg.steps))
+    trainer.train()
+    shutil.rmtree(out_dir / ".trainer", ignore_errors=True)
+    return trainer.state.log_history
+
+
+def _save(model, base: Path, dst: Path) -> None:
+    """The base directory's files (config, processor, tokenizer, chat template) + the trained weights."""
+    from safetensors.torch import save_file
+
+    dst.mkdir(parents=True)
+    for p in sorted(base.iterdir()):
+        if p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json":
+            shutil.copy2(p, dst / p.name)
+    state = toy._checkpoint_names(model.float().state_dict())  # llava-hf names: vLLM 0.32 needs vision_model.
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out questions
+
+
+def heldout(seed: int, n: int) -> list[dict]:
+    """`n` questions with one true short answer each, on scenes from their own seed stream.
+
+    Item: {kind, question (with the short-answer suffix), answer, scene}; kinds take turns.
+    """
+    rng = random.Random(f"{seed}:pretrain-heldout")
+    items: list[dict] = []
+    while len(items) < n:
+        kind = HELDOUT_KINDS[len(items) % len(HELDOUT_KINDS)]
+        scene = toy.random_scene(rng, "book" if kind == "genre" else "shapes", f"heldout/{len(items):05d}.jpg")
+        qa = _question(rng, kind, scene)
+        if qa:
+            items.append({"kind": kind, "question": f"{qa[0]}\n{toy.SHORT}", "answer": qa[1], "scene": scene})
+    return items
+
+
+def _question(rng: random.Random, kind: str, scene: dict) -> tuple[str, str] | None:
+    """One question of `kind` about `scene` in the mix's templates, or None if it would be ambiguous."""
+    if kind == "genre":
+        return "What is the genre of this book?", scene["book"]["genre"]
+    o = rng.choice(scene["objects"])
+    same_shape = sum(x["shape"] == o["shape"] for x in scene["objects"])
+    if kind == "color" and same_shape == 1:
+        return f"What color is the {o['shape']}?", o["color"]
+    if kind == "side" and same_shape == 1:
+        return f"On which side is the {o['shape']}?", o["position"]
+    if kind == "shape" and sum(x["color"] == o["color"] for x in scene["objects"]) == 1:
+        return f"What shape is the {o['color']} object?", o["shape"]
+    if kind == "count":
+        return f"How many {o['shape']}s are there?", str(same_shape)
+    if kind == "exists":
+        present = {(x["color"], x["shape"]) for x in scene["objects"]}
+        if rng.random() < 0.5:
+            return f"Is there a {o['color']} {o['shape']} in the image?", "yes"
+        absent = [(c, s) for c in toy.COLORS for s in toy.SHAPES if (c, s) not in present]
+        c, s = rng.choice(absent)
+        return f"Is there a {c} {s} in the image?", "no"
+    return None
+
+
+def answer_matches(text: str, gold: str) -> bool:
+    """Exact match after lowercasing and dropping a trailing full stop."""
+    return text.strip().rstrip(".").strip().lower() == gold.lower()
+
+
+def load(model_dir: Path):
+    """(model, processor) from a model directory, for `ask`."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    proc = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    return LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True).eval(), proc
+
+
+def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8) -> list[str]:
+    """Greedy transformers answers to held-out items (images padded to square as the engines do)."""
+    import torch
+    from PIL import Image
+
+    from seva_tasks.augment import expand2square
+
+    proc.tokenizer.padding_side = "left"
+    size, mean = model.config.vision_config.image_size, proc.image_processor.image_mean
+    answers = []
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        images = [expand2square(toy.render(it["scene"]), tuple(int(m * 255) for m in mean)).resize((size, size), Image.BICUBIC)
+                  for it in chunk]
+        enc = proc(images=images, text=[toy.prompt(it["question"]) for it in chunk], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=proc.tokenizer.pad_token_id)
+        answers += proc.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return answers
+
+
+def accuracy(model, proc, items: list[dict]) -> dict[str, float]:
+    """Held-out accuracy per question kind and overall (`all`)."""
+    answers = ask(model, proc, items)
+    hits: dict[str, list[bool]] = {}
+    for it, a in zip(items, answers):
+        hits.setdefault(it["kind"], []).append(answer_matches(a, it["answer"]))
+    out = {k: round(sum(v) / len(v), 4) for k, v in hits.items()}
+    out["all"] = round(sum(sum(v) for v in hits.values()) / max(1, len(items)), 4)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Stage entry point
+
+
+def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+    """Train the base model on the mix (+ extra scenes) and publish `out_dir/model/`.
+
+    Args:
+        cfg: the stage config. inputs: {} (no upstream stage). out_dir: the store's partial dir.
+    Returns:
+        Manifest stats: counts (mix rows, extra scenes, examples, drops, answer tokens), steps,
+        final loss, held-out accuracy per question type with chance levels, seconds.
+    """
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
+
+    started = time.time()
+    _check_inputs(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        base = resolve(cfg.model)
+        processor = AutoProcessor.from_pretrained(base, local_files_only=True)
+        set_seed(cfg.seed)
+        model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+        examples, counts = _examples(cfg, processor, model.config)
+        log.info("Pretraining %s for %d steps on %d conversations (%s).", base, cfg.steps, len(examples), counts)
+        history = _train(cfg, model.train(), examples, processor, out_dir)
+        _save(model.eval(), base, out_dir / "model")
+        trained = time.time() - started
+        held = accuracy(*load(out_dir / "model"), heldout(cfg.seed, cfg.heldout)) if cfg.heldout else {}
+    finally:
+        torch.set_num_threads(threads)
+    steps = [{k: r[k] for k in ("step", "loss", "learning_rate", "grad_norm") if k in r} for r in history if "loss" in r]
+    with open(out_dir / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in steps)
+    log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
+    return {"counts": counts, "steps": cfg.steps, "final_loss": steps[-1]["loss"] if steps else None,
+            "heldout": {"accuracy": held, "chance": {k: round(v, 4) for k, v in CHANCE.items()}, "questions": cfg.heldout},
+            "seconds": {"train": round(trained, 1), "total": round(time.time() - started, 1)}}

@@ -1,0 +1,426 @@
+"""Stage `train`: DPO on the filter stage's pairs with TRL's DPOTrainer and a PEFT LoRA adapter.
+
+    seva run --until train                              # this stage and every stage before it
+    seva run --until train train.beta=0.2               # reruns only train (and what follows)
+    python -m seva_tasks.train CFG.json PAIRS.parquet OUT_DIR   # one training process: what
+                                                        # `accelerate launch` starts on each GPU
+
+SeVa's recipe (reference/seva-recipe.md §1e) on stock TRL: sigmoid DPO on summed log-probs, both
+answers conditioned on the clean image (the pairs' `images`), LoRA on every linear layer of the
+language model, the projector trained in full (`modules_to_save`), the vision tower frozen, the data
+repeated ×`repeat`. One difference, on purpose: the reference is the policy with its adapter disabled
+(TRL's default with PEFT), not SeVa's second full copy; at step 0 they are the same function, and
+bench/dpo_memory.py measures the memory it saves.
+
+Outputs in out_dir:
+    adapter/            PEFT adapter (safetensors: LoRA weights + the trained projector) + processor
+    merged/             base + adapter merged, in `merged_dtype`, with processor, tokenizer and chat
+                        template; vision weights named `vision_tower.vision_model.*` (vLLM 0.32 needs
+                        that level, transformers >= 5.19 drops it on save but loads both)
+    metrics.jsonl       one line per logging step: loss, rewards/{chosen,rejected,accuracies,margins}, ...
+    trainer_state.json  transformers' TrainerState at the end
+Checkpoints go to out_dir/checkpoints/. The store keeps a resumable stage's `.partial/` dir across
+failed attempts, so a rerun with the same key resumes from the last checkpoint; they are deleted
+once the adapter is saved (a 7B r=1024 checkpoint with Adam state is ~30 GB).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from seva_tasks.base import StageConfig, resolve
+from seva_tasks.errors import ConfigError, InputError, StageError
+
+VERSION = 1
+DEPS = ("filter",)
+RESUMABLE = True
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("images", "prompt", "chosen", "rejected")  # TRL's conversational vision preference format
+LLM_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+METRIC_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "rewards/chosen", "rewards/rejected",
+               "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+class TrainConfig(StageConfig):
+    """DPO + LoRA settings; defaults are SeVa-7B's run script (global batch 16 × 8 GPUs × 1 = 128).
+
+    Args: see each field's description. Returns: n/a.
+    """
+
+    model: Path = Field(Path("data/llava/llava-1.5-7b-hf"), description="Base model directory in transformers format (config, weights, processor); relative: to the project root.")
+    trust_remote_code: bool = Field(False, description="Allow the model directory's own Python code (off: nothing runs but transformers).")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: load weights in bfloat16 and train in bf16 mixed precision (GPU); fp32 for CPU and tests.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass: less memory, ~20% slower.")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss; 'sigmoid' is the DPO paper's (and SeVa's) -log σ(β·margin).")
+    beta: float = Field(0.1, gt=0, description="DPO β: higher keeps the policy closer to the reference.")
+    learning_rate: float = Field(2e-6, gt=0, description="Peak learning rate (AdamW).")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name, e.g. cosine, linear, constant.")
+    warmup_steps: float = Field(0, ge=0, description="Linear warmup: optimizer steps, or a fraction of all steps if < 1.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    num_train_epochs: float = Field(1, gt=0, description="Passes over the (repeated) pairs.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (overrides epochs); -1: train the epochs.")
+    per_device_train_batch_size: int = Field(16, ge=1, description="Pairs per device per step (each pair is 2 sequences).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update; global batch = per_device × num_processes × this.")
+    repeat: int = Field(2, ge=1, description="Repeat the pairs this many times per epoch (SeVa: ×2, 'more saturated and stable training').")
+    max_length: int | None = Field(2048, ge=1, description="Truncate prompt+answer to this many tokens (answers lose their tail); null: never truncate. Must fit every prompt's image tokens.")
+    lora_r: int = Field(1024, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(2048, gt=0, description="LoRA α (scaling α/r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch (TRL disables model dropout anyway).")
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(LLM_LINEARS), min_length=1, description="Linear layer names (last name component) that get LoRA.")
+    lora_scope: str = Field("language_model", description="Only modules under a submodule of this name get LoRA ('' = anywhere; keeps LoRA off the vision tower's q/k/v).")
+    modules_to_save: list[str] = Field(default_factory=lambda: ["multi_modal_projector"], description="Non-LoRA modules trained in full and saved with the adapter (SeVa: the projector); everything else is frozen.")
+    seed: int = Field(42, description="Seeds LoRA init, data order and dropout (SeVa: 42).")
+    logging_steps: int = Field(1, ge=1, description="Log metrics every this many optimizer steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps (what a rerun resumes from).")
+    merged_dtype: Literal["float32", "bfloat16", "float16"] = Field("float16", description="dtype of merged/ (the merge itself runs in float32); float16 is LLaVA-1.5's release dtype and keeps small LoRA deltas better than bfloat16.")
+    accelerate_config: Path | None = Field(None, description="Train in `accelerate launch --config_file <this>` subprocesses (multi-GPU, DeepSpeed ZeRO-3: configs/accelerate/zero3.yaml); null: in this process.")
+    num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate_config; overrides the file's num_processes.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.num_processes > 1 and self.accelerate_config is None:
+            raise ValueError(f"train.num_processes={self.num_processes} needs train.accelerate_config "
+                             "(e.g. configs/accelerate/zero3.yaml); set it, or num_processes=1.")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def fingerprint(cfg: TrainConfig) -> dict:
+    """Identity of the base model directory: each file's name, size and mtime_ns (no content hash)."""
+    root = resolve(cfg.model)
+    if not root.is_dir():
+        return {"model": None}
+    return {"model": {p.relative_to(root).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+                      for p in sorted(root.rglob("*")) if p.is_file()}}
+
+
+def _check_inputs(cfg: TrainConfig, pairs: Path) -> int:
+    """Cheap checks before torch is imported; returns the number of pairs."""
+    import pyarrow.parquet as pq
+
+    errors = []
+    model = resolve(cfg.model)
+    if not (model / "config.json").is_file():
+        errors.append(f"Base model not found: {model} has no config.json. Point train.model at a local "
+                      "transformers checkpoint directory, e.g. train.model=/models/llava-1.5-7b-hf.")
+    if not pairs.is_file():
+        errors.append(f"Pairs file missing: {pairs}. Rerun the filter stage: seva run --until filter --refresh filter.")
+    else:
+        meta = pq.ParquetFile(pairs)
+        missing = [c for c in REQUIRED if c not in meta.schema_arrow.names]
+        if missing:
+            errors.append(f"{pairs} lacks column(s) {', '.join(missing)} (has {', '.join(meta.schema_arrow.names)}). "
+                          f"The train stage reads TRL's vision preference format: {', '.join(REQUIRED)}.")
+        elif meta.metadata.num_rows == 0:
+            errors.append(f"{pairs} has no pairs: every candidate was dropped upstream. See the filter "
+                          "stage's manifest (drops) and loosen its settings, or sample more prompts.")
+    if errors:
+        raise InputError("\n".join(errors))
+    return meta.metadata.num_rows
+
+
+def _load_pairs(pairs: Path):
+    """pairs.parquet -> a datasets.Dataset whose `images` ({bytes, path} cells, as the filter writes) decode to PIL."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pairs, memory_map=True)
+    return datasets.Dataset(table).cast_column("images", datasets.Sequence(datasets.Image()))
+
+
+def _prompt_lengths(ds, processor) -> tuple[list[int], list[int], int]:
+    """Token counts as TRL's vision collator builds them: (prompt incl. image tokens, longest answer, tokens per image).
+
+    Assumes every image expands to the same number of tokens (true for LLaVA-1.5's fixed-size input).
+    """
+    import datasets
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    tok = processor.tokenizer
+    first = ds[0]["images"][0]
+    per_image = processor(images=[first], text=processor.image_token)["input_ids"][0].count(processor.image_token_id)
+    raw = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+    prompts, answers, n_images = [], [], []
+    for row in raw.select_columns(list(REQUIRED)):
+        ex = {"prompt": prepare_multimodal_messages(row["prompt"], images=row["images"]),
+              "chosen": prepare_multimodal_messages(row["chosen"]),
+              "rejected": prepare_multimodal_messages(row["rejected"])}
+        text = apply_chat_template(ex, processor)
+        prompts.append(text["prompt"])
+        answers += [text["chosen"], text["rejected"]]
+        n_images.append(len(row["images"]))
+    bad = [i for i, (text, k) in enumerate(zip(prompts, n_images)) if text.count(processor.image_token) != k]
+    if bad:
+        raise InputError(f"{len(bad)} pair(s) have a literal {processor.image_token!r} in their text or a different number "
+                         f"of images, e.g. pair {bad[0]}: {prompts[bad[0]][-200:]!r}. The prompt must be the bare question "
+                         "(the image goes in `images`); fix the sample/filter stage output and rerun.")
+    enc = lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
+    p_len = [n + k * (per_image - 1) for n, k in zip(enc(prompts), n_images)]
+    a_len = enc(answers)
+    return p_len, [max(a_len[2 * i], a_len[2 * i + 1]) for i in range(len(p_len))], per_image
+
+
+def _check_lengths(cfg: TrainConfig, ds, processor) -> dict:
+    """Refuse a max_length that would cut image tokens (TRL: verify before using max_length with a VLM)."""
+    p_len, a_len, per_image = _prompt_lengths(ds, processor)
+    longest = max(range(len(p_len)), key=p_len.__getitem__)
+    stats = {"image_tokens": per_image, "max_prompt_tokens": p_len[longest], "max_total_tokens": max(map(sum, zip(p_len, a_len)))}
+    if cfg.max_length is None:
+        return {**stats, "truncated_pairs": 0}
+    if p_len[longest] > cfg.max_length:
+        raise ConfigError(
+            f"train.max_length={cfg.max_length} would cut image tokens: pair {longest} has a {p_len[longest]}-token "
+            f"prompt ({per_image} tokens per image). Set train.max_length >= {p_len[longest]}, or null to never truncate.")
+    truncated = sum(p + a > cfg.max_length for p, a in zip(p_len, a_len))
+    if truncated:
+        log.warning("max_length=%d cuts the answer tail of %d/%d pairs (images intact).", cfg.max_length, truncated, len(p_len))
+    return {**stats, "truncated_pairs": truncated}
+
+
+# --------------------------------------------------------------------------------------------
+# Model, adapter, trainer
+
+
+def _load_model(cfg: TrainConfig, dtype: str | None = None):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    dtype = dtype or ("bfloat16" if cfg.precision == "bf16" else "float32")
+    return AutoModelForImageTextToText.from_pretrained(resolve(cfg.model), dtype=getattr(torch, dtype),
+                                                       trust_remote_code=cfg.trust_remote_code)
+
+
+def _load_processor(cfg: TrainConfig, *, for_training: bool = False):
+    """The base processor; for training, its chat template also emits BOS when it doesn't already.
+
+    TRL's collator tokenizes with add_special_tokens=False and leaves BOS to the template; LLaVA-1.5's
+    vicuna template has none, while LLaVA (and vLLM at serving time) encode with BOS first.
+    """
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(resolve(cfg.model), trust_remote_code=cfg.trust_remote_code)
+    tok = proc.tokenizer
+    if for_training and tok.bos_token and proc.chat_template and tok("x")["input_ids"][:1] == [tok.bos_token_id]:
+        rendered = proc.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+        if not rendered.startswith(tok.bos_token):
+            proc.chat_template = "{{- bos_token -}}" + proc.chat_template
+    return proc
+
+
+def _target_regex(cfg: TrainConfig) -> str:
+    names = "|".join(map(re.escape, cfg.lora_target_modules))
+    scope = rf"(.*\.)?{re.escape(cfg.lora_scope)}\..*" if cfg.lora_scope else r"(.*\.)?"
+    return rf"{scope}({names})"
+
+
+def _lora_config(cfg: TrainConfig, model):
+    """peft.LoraConfig for the language model's linears; ConfigError if a name matches nothing."""
+    from peft import LoraConfig
+
+    regex = re.compile(_target_regex(cfg))
+    names = [n for n, _ in model.named_modules()]
+    errors = []
+    if not any(regex.fullmatch(n) for n in names):
+        errors.append(f"train.lora_target_modules={cfg.lora_target_modules} under train.lora_scope={cfg.lora_scope!r} "
+                      f"match no module of {resolve(cfg.model)}; e.g. lora_scope=language_model, lora_target_modules=[q_proj, v_proj].")
+    for m in cfg.modules_to_save:
+        if not any(n == m or n.endswith("." + m) for n in names):
+            errors.append(f"train.modules_to_save: no module named {m!r} in {resolve(cfg.model)}; e.g. multi_modal_projector.")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=regex.pattern,
+                      modules_to_save=list(cfg.modules_to_save) or None, task_type="CAUSAL_LM")
+
+
+def _dpo_config(cfg: TrainConfig, out_dir: Path):
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(out_dir / "checkpoints"), seed=cfg.seed, report_to="none",
+        loss_type=cfg.loss_type, beta=cfg.beta, max_length=cfg.max_length,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        bf16=cfg.precision == "bf16", gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=2,  # the last one is what a rerun resumes from; two survive a crash mid-save
+        trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+def _progress_callback():
+    """Mirror the step counter into seva_tasks.progress (the flow shows it as a Prefect progress artifact)."""
+    from transformers import TrainerCallback
+
+    from seva_tasks import progress
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                progress.report("train", state.global_step, state.max_steps)
+
+    return Progress()
+
+
+def fit(cfg: TrainConfig, pairs: Path, out_dir: Path):
+    """Train (or resume) and save adapter/, metrics.jsonl and trainer_state.json; returns the DPOTrainer."""
+    from datasets import concatenate_datasets
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOTrainer
+
+    args = _dpo_config(cfg, out_dir)  # before the model: under ZeRO-3 it decides how weights load
+    processor = _load_processor(cfg, for_training=True)
+    ds = _load_pairs(pairs)
+    lengths = _check_lengths(cfg, ds, processor)
+    ds = concatenate_datasets([ds] * cfg.repeat)  # SeVa's `data * 2`; the sampler shuffles across copies
+    model = _load_model(cfg)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, processing_class=processor,
+                         peft_config=_lora_config(cfg, model), callbacks=[_progress_callback()])
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last:
+        log.info("Resuming from %s.", last)
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out_dir / "adapter"))
+    if trainer.is_world_process_zero():
+        (out_dir / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest holds the config
+        trainer.state.save_to_json(str(out_dir / "trainer_state.json"))
+        with open(out_dir / "metrics.jsonl", "w") as f:
+            for row in trainer.state.log_history:
+                f.write(json.dumps(row) + "\n")
+        info = {"lengths": lengths, "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else None,
+                "trainable": _trainable(trainer.model), "processes": trainer.args.world_size}
+        (out_dir / "checkpoints" / "run_info.json").write_text(json.dumps(info))
+    return trainer
+
+
+def _trainable(model) -> dict:
+    """Trainable parameter counts by kind (LoRA, modules_to_save copies) and the frozen total."""
+    out = {"lora": 0, "modules_to_save": 0, "other": 0, "frozen": 0}
+    for name, p in model.named_parameters():
+        kind = "frozen" if not p.requires_grad else "lora" if "lora_" in name else "modules_to_save" if "modules_to_save" in name else "other"
+        out[kind] += p.numel()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Merge for serving
+
+
+def merge(cfg: TrainConfig, out_dir: Path) -> None:
+    """base + adapter/ -> merged/ (float32 merge, saved in merged_dtype, vLLM weight names, processor)."""
+    import torch
+    from peft import PeftModel
+
+    tmp = out_dir / ".merged.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = PeftModel.from_pretrained(_load_model(cfg, "float32"), out_dir / "adapter").merge_and_unload()
+    model.to(getattr(torch, cfg.merged_dtype)).save_pretrained(tmp)
+    _load_processor(cfg).save_pretrained(tmp)
+    vllm_weight_names(tmp)
+    shutil.rmtree(out_dir / "merged", ignore_errors=True)
+    os.replace(tmp, out_dir / "merged")
+
+
+def vllm_weight_names(model_dir: Path) -> int:
+    """Rename `vision_tower.X` to `vision_tower.vision_model.X` in every safetensors file; returns renames."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    pattern = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
+    renamed = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+            if not any(pattern.match(k) for k in keys):
+                continue
+            state = {pattern.sub(r"\1vision_model.", k): f.get_tensor(k) for k in keys}
+            meta = f.metadata() or {"format": "pt"}
+        renamed += sum(1 for k in keys if pattern.match(k))
+        save_file(state, str(path), metadata=meta)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {pattern.sub(r"\1vision_model.", k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2))
+    return renamed
+
+
+# --------------------------------------------------------------------------------------------
+# Stage entry point
+
+
+def _launch(cfg: TrainConfig, pairs: Path, out_dir: Path) -> None:
+    """Run `fit` under `accelerate launch` (one process per GPU); the config travels as JSON."""
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    cfg_file = out_dir / "checkpoints" / "train_config.json"
+    cfg_file.write_text(cfg.model_dump_json())
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(resolve(cfg.accelerate_config)),
+           "--num_processes", str(cfg.num_processes), "-m", "seva_tasks.train", str(cfg_file), str(pairs), str(out_dir)]
+    log.info("Launching: %s", " ".join(cmd))
+    if subprocess.run(cmd, cwd=resolve(".")).returncode != 0:  # zero3.yaml's json path is project-relative
+        raise StageError(f"Training under accelerate failed (command above, config {cfg.accelerate_config}). "
+                         "Fix the error it printed and rerun: training resumes from its last checkpoint.")
+
+
+def _stats(out_dir: Path, n_pairs: int, cfg: TrainConfig, seconds: float) -> dict:
+    history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [{k: row[k] for k in METRIC_KEYS if k in row} for row in history if "loss" in row]
+    info = json.loads((out_dir / "checkpoints" / "run_info.json").read_text())
+    state = json.loads((out_dir / "trainer_state.json").read_text())
+    return {
+        "counts": {"pairs": n_pairs, "train_rows": n_pairs * cfg.repeat, "steps": state["global_step"]},
+        "global_batch": cfg.per_device_train_batch_size * info["processes"] * cfg.gradient_accumulation_steps,
+        "final": steps[-1] if steps else {},
+        "metrics": steps,
+        "seconds": round(seconds, 1),
+        **info,
+    }
+
+
+def run(cfg: TrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+    """DPO-train a LoRA adapter on `inputs["filter"]/pairs.parquet` and merge it for serving.
+
+    Args:
+        cfg: the stage config. inputs: {"filter": artifact dir}. out_dir: the store's (resumable) partial dir.
+    Returns:
+        Manifest stats: counts (pairs, train_rows, steps), global_batch, final and per-step metrics,
+        lengths (image/prompt tokens, truncated pairs), trainable parameter counts, resumed_from_step.
+    """
+    started = time.time()
+    pairs = Path(inputs["filter"]) / "pairs.parquet"
+    n_pairs = _check_inputs(cfg, pairs)
+    if not (out_dir / "adapter" / "adapter_model.safetensors").is_file():
+        log.info("Training on %d pairs ×%d from %s.", n_pairs, cfg.repeat, pairs)
+        if cfg.accelerate_config is not None:
+            _launch(cfg, pairs, out_dir)
+        else:
+            fit(cfg, pairs, out_dir)
+    merge(cfg, out_dir)
+    stats = _stats(out_dir, n_pairs, cfg, time.time() - started)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    log.info("Trained %d steps; adapter and merged model in %s (final margin %s).", stats["counts"]["steps"],
+             out_dir, stats["final"].get("rewards/margins"))
+    return stats
+
+
+if __name__ == "__main__":  # a training process under `accelerate launch` (see _launch)
+    logging.basicConfig(level=logging.INFO)
+    _cfg, _pairs, _out = sys.argv[1:4]
+    fit(TrainConfig.model_validate_json(Path(_cfg).read_text()), Path(_pairs), Path(_out))

@@ -1,0 +1,337 @@
+"""Stage `train`: TRL DPO + LoRA on the toy LLaVA; adapter, merged model (transformers + vLLM), resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from seva_tasks import toy, train
+from seva_tasks.errors import ConfigError, InputError
+from seva_tasks.toy import ToyConfig
+from seva_tasks.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+
+# High lr and a constant schedule so a handful of steps visibly moves the margins (as TRL's own tests do);
+# 8 pairs ×2 in batches of 8: 2 steps per epoch, 6 steps, a checkpoint every 2.
+FAST = dict(precision="fp32", gradient_checkpointing=True, learning_rate=1e-2, lr_scheduler_type="constant",
+            lora_r=8, lora_alpha=16, per_device_train_batch_size=8, repeat=2, max_steps=6, save_steps=2,
+            max_length=None, merged_dtype="float32", seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls on a shared 2-core box run ~3x faster on one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    cfg = ToyConfig()
+    toy.ensure(cfg)
+    return toy.model_dir(cfg)
+
+
+def _rows(n: int = 8) -> list[dict]:
+    """Toy pairs in TRL's vision preference format: the true answer chosen, another record's answer rejected."""
+    cfg = ToyConfig()
+    root = toy.root_dir(cfg)
+    recs = [r for r in json.loads(toy.mix_path(cfg).read_text()) if "image" in r][:n]
+    rows = []
+    for i, r in enumerate(recs):
+        q = r["conversations"][0]["value"].replace("<image>", "").strip()
+        wrong = recs[(i + 3) % n]["conversations"][1]["value"]
+        rows.append({"images": [{"bytes": (toy.images_dir(cfg) / r["image"]).read_bytes(), "path": None}],
+                     "prompt": [{"role": "user", "content": q}],
+                     "chosen": [{"role": "assistant", "content": r["conversations"][1]["value"]}],
+                     "rejected": [{"role": "assistant", "content": wrong}],
+                     "id": r["id"], "image_path": str(root / "images" / r["image"])})
+    return rows
+
+
+def _write_pairs(d: Path, rows: list[dict]) -> Path:
+    """pairs.parquet exactly as the filter stage writes it (datasets features in the schema)."""
+    import polars as pl
+
+    from seva_tasks import filter as filter_stage
+
+    d.mkdir(parents=True, exist_ok=True)
+    schema = {"images": pl.List(pl.Struct({"bytes": pl.Binary, "path": pl.String})),
+              **{k: pl.List(pl.Struct({"role": pl.String, "content": pl.String})) for k in ("prompt", "chosen", "rejected")},
+              "id": pl.String, "image_path": pl.String}
+    cols = [c for c in schema if not rows or c in rows[0]]
+    df = pl.DataFrame([{c: r[c] for c in cols} for r in rows], schema={c: schema[c] for c in cols})
+    filter_stage._write(df, d / filter_stage.OUTPUT)
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_dir):
+    """One uninterrupted `fit` + `merge` shared by the outcome tests (and the resume test's baseline)."""
+    d = tmp_path_factory.mktemp("train")
+    filt = _write_pairs(d / "filter", _rows())
+    cfg = TrainConfig(model=model_dir, **FAST)
+    out = d / "out"
+    out.mkdir()
+    trainer = train.fit(cfg, filt / "pairs.parquet", out)
+    train.merge(cfg, out)
+    return cfg, filt, out, trainer
+
+
+def _batch(model_dir: Path, n: int = 2):
+    """A processed (prompt, image) batch to compare logits on."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(model_dir)
+    rows = _rows(n)
+    texts = [toy.prompt(r["prompt"][0]["content"]) + " " + r["chosen"][0]["content"] for r in rows]
+    images = [Image.open(r["image_path"]).convert("RGB") for r in rows]
+    return proc(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def _logits(model, batch):
+    import torch
+
+    with torch.no_grad():
+        return model.eval()(**batch).logits.float()
+
+
+# ---- outcome ----
+
+
+def test_dpo_steps_raise_reward_margins(trained):
+    """On the fixed pairs, the implicit reward margin goes from 0 (policy == reference) to clearly positive."""
+    _, filt, _, trainer = trained
+    logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
+    assert len(logs) == 6 and logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    after = trainer.evaluate(eval_dataset=train._load_pairs(filt / "pairs.parquet"))
+    assert after["eval_rewards/margins"] > 0.1 and after["eval_rewards/accuracies"] >= 0.75, after
+    assert after["eval_loss"] < 0.69  # below log 2, the loss at margin 0
+
+
+def test_stats_and_files_record_every_logging_step(trained):
+    cfg, _, out, trainer = trained
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
+        assert all(key in x for x in steps)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
+    info = json.loads((out / "checkpoints" / "run_info.json").read_text())
+    assert info["lengths"]["image_tokens"] == ToyConfig().image_tokens and info["resumed_from_step"] is None
+    assert info["trainable"]["lora"] > 0 and info["trainable"]["modules_to_save"] > 0 and info["trainable"]["other"] == 0
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_only_lora_and_projector_change_the_model(trained, model_dir):
+    from safetensors.torch import load_file
+
+    _, _, out, _ = trained
+    base, merged = load_file(model_dir / "model.safetensors"), load_file(out / "merged" / "model.safetensors")
+    assert set(base) == set(merged)  # same (llava-hf, vLLM-ready) names as the toy checkpoint
+    changed = {k for k in base if not (base[k] == merged[k]).all()}
+    assert not any(k.startswith("vision_tower.") for k in changed)  # frozen
+    assert any(k.startswith("multi_modal_projector.") for k in changed)  # modules_to_save
+    lora_names = tuple(f"{m}.weight" for m in train.LLM_LINEARS)
+    assert {k for k in changed if k.startswith("language_model.")} == {k for k in base if k.startswith("language_model.model.layers.") and k.endswith(lora_names)}
+
+
+def test_adapter_reloads_with_same_logits(trained, model_dir):
+    from peft import PeftModel
+
+    cfg, _, out, trainer = trained
+    batch = _batch(model_dir)
+    reloaded = PeftModel.from_pretrained(train._load_model(cfg), out / "adapter")
+    import torch
+
+    assert torch.allclose(_logits(trainer.model, batch), _logits(reloaded, batch), atol=1e-5)
+
+
+def test_merged_model_loads_in_transformers_with_adapter_logits(trained, model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg, _, out, _ = trained
+    batch = _batch(model_dir)
+    merged = AutoModelForImageTextToText.from_pretrained(out / "merged")
+    peft = PeftModel.from_pretrained(train._load_model(cfg), out / "adapter")
+    base = train._load_model(cfg)
+    assert torch.allclose(_logits(merged, batch), _logits(peft, batch), atol=1e-4)
+    assert not torch.allclose(_logits(merged, batch), _logits(base, batch), atol=1e-3)
+    proc = AutoProcessor.from_pretrained(out / "merged")
+    assert proc.chat_template == AutoProcessor.from_pretrained(model_dir).chat_template  # no training BOS tweak
+
+
+ENGINES_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from seva_tasks.engines import EngineConfig, Request, make_engine
+    model, prompts = sys.argv[1], json.loads(sys.argv[2])
+    reqs = [Request(req_id=str(i), prompt=p, image=img) for i, (p, img) in enumerate(prompts)]
+    out = {}
+    for engine in ("vllm", "hf"):
+        cfg = EngineConfig(engine=engine, model=model, dtype="float32", max_new_tokens=16, max_model_len=512,
+                           kv_cache_memory_bytes=64 << 20, vllm_args={"enforce_eager": True})
+        out[engine] = [o.token_ids for o in make_engine(cfg).generate(reqs)]
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="engine env .venv-vllm not installed")
+def test_merged_model_generates_with_vllm_like_transformers(trained, tmp_path):
+    """The generate/evaluate engines load merged/ in the engine env; vLLM and HF greedy agree token for token."""
+    from seva_tasks.engines import EngineConfig
+    from seva_tasks.engines.vllm_worker import worker_env
+
+    _, _, out, _ = trained
+    prompts = [(toy.prompt(r["prompt"][0]["content"]), r["image_path"]) for r in _rows(2)]
+    env = worker_env(os.environ, EngineConfig(engine="vllm"))
+    env["PYTHONPATH"] += f":{ROOT}"
+    res = subprocess.run([str(VLLM_PYTHON), "-c", ENGINES_SCRIPT, str(out / "merged"), json.dumps(prompts)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ids = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert all(ids["vllm"]) and ids["vllm"] == ids["hf"]
+
+
+# ---- resume ----
+
+
+def test_rerun_resumes_from_last_checkpoint_after_interruption(trained, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+    from trl import DPOTrainer
+
+    cfg, filt, base_out, _ = trained
+    out = tmp_path / ".key.partial"  # what the store hands a resumable stage
+    out.mkdir()
+    original = DPOTrainer._save_checkpoint
+
+    def crash_after_step_4(self, model, trial):
+        original(self, model, trial)
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt("simulated kill after the step-4 checkpoint")
+
+    monkeypatch.setattr(DPOTrainer, "_save_checkpoint", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, {"filter": filt}, out)
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    monkeypatch.setattr(DPOTrainer, "_save_checkpoint", original)
+
+    stats = train.run(cfg, {"filter": filt}, out)
+    assert stats["resumed_from_step"] == 4 and stats["counts"]["steps"] == 6
+    assert [m["step"] for m in stats["metrics"]] == [1, 2, 3, 4, 5, 6]  # history restored from the checkpoint
+    assert not (out / "checkpoints").exists() and (out / "merged" / "config.json").is_file()
+    resumed, straight = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(base_out / "adapter" / "adapter_model.safetensors")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in resumed)  # same as never interrupted
+
+
+# ---- clear errors ----
+
+
+def test_missing_columns_is_an_input_error(tmp_path, model_dir):
+    import polars as pl
+
+    filt = tmp_path / "filter"
+    filt.mkdir()
+    pl.DataFrame([{k: v for k, v in r.items() if k != "rejected"} for r in _rows(2)]).write_parquet(filt / "pairs.parquet")
+    with pytest.raises(InputError, match="lacks column.*rejected"):
+        train.run(TrainConfig(model=model_dir, **FAST), {"filter": filt}, tmp_path / "out")
+
+
+def test_empty_pairs_is_an_input_error(tmp_path, model_dir):
+    filt = _write_pairs(tmp_path / "filter", [])
+    with pytest.raises(InputError, match="no pairs"):
+        train.run(TrainConfig(model=model_dir, **FAST), {"filter": filt}, tmp_path / "out")
+
+
+def test_missing_base_model_is_an_input_error(tmp_path):
+    filt = _write_pairs(tmp_path / "filter", _rows(1))
+    with pytest.raises(InputError, match="Base model not found"):
+        train.run(TrainConfig(model=tmp_path / "nope", **FAST), {"filter": filt}, tmp_path / "out")
+
+
+def test_max_length_that_cuts_image_tokens_is_a_config_error(tmp_path, model_dir):
+    filt = _write_pairs(tmp_path / "filter", _rows(2))
+    cfg = TrainConfig(model=model_dir, **{**FAST, "max_length": ToyConfig().image_tokens + 4})
+    with pytest.raises(ConfigError, match="would cut image tokens.*max_length >= "):
+        train.run(cfg, {"filter": filt}, tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()  # refused before training
+
+
+def test_image_token_in_the_question_is_an_input_error(tmp_path, model_dir):
+    rows = _rows(2)
+    rows[1]["prompt"][0]["content"] = "<image>\n" + rows[1]["prompt"][0]["content"]
+    filt = _write_pairs(tmp_path / "filter", rows)
+    with pytest.raises(InputError, match="literal '<image>'.*pair 1"):
+        train.run(TrainConfig(model=model_dir, **FAST), {"filter": filt}, tmp_path / "out")
+
+
+def test_lora_targets_that_match_nothing_are_a_config_error(tmp_path, model_dir):
+    filt = _write_pairs(tmp_path / "filter", _rows(2))
+    cfg = TrainConfig(model=model_dir, **{**FAST, "lora_scope": "text_model", "modules_to_save": ["mm_projector"]})
+    with pytest.raises(ConfigError, match="match no module(.|\n)*no module named 'mm_projector'"):
+        train.run(cfg, {"filter": filt}, tmp_path / "out")
+
+
+def test_pairs_with_image_paths_instead_of_bytes_load(tmp_path):
+    """filter.images=path writes {bytes: null, path: absolute}; those decode the same as bytes."""
+    rows = _rows(2)
+    with_paths = [{**r, "images": [{"bytes": None, "path": r["image_path"]}]} for r in rows]
+    a = train._load_pairs(_write_pairs(tmp_path / "a", with_paths) / "pairs.parquet")
+    b = train._load_pairs(_write_pairs(tmp_path / "b", rows) / "pairs.parquet")
+    assert [x[0].tobytes() for x in a["images"]] == [x[0].tobytes() for x in b["images"]]
+
+
+# ---- config and multi-GPU launch ----
+
+
+def test_num_processes_needs_an_accelerate_config():
+    with pytest.raises(ValueError, match="needs train.accelerate_config"):
+        TrainConfig(num_processes=8)
+
+
+def test_zero3_accelerate_config_parses():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    yaml_path = ROOT / "configs" / "accelerate" / "zero3.yaml"
+    cfg = load_config_from_file(str(yaml_path))
+    assert cfg.distributed_type == "DEEPSPEED" and cfg.mixed_precision == "bf16"
+    ds_file = ROOT / cfg.deepspeed_config["deepspeed_config_file"]
+    plugin = DeepSpeedPlugin(hf_ds_config=str(ds_file), zero3_init_flag=cfg.deepspeed_config["zero3_init_flag"])
+    assert plugin.zero_stage == 3 and plugin.hf_ds_config.is_zero3()
+    assert plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert plugin.deepspeed_config["bf16"]["enabled"] == "auto"  # filled from DPOConfig(bf16=...) by transformers
+
+
+@pytest.mark.slow
+def test_training_runs_under_accelerate_launch(tmp_path, model_dir):
+    """The multi-GPU path (`accelerate launch -m seva_tasks.train`), as one CPU process."""
+    acc = tmp_path / "cpu.yaml"
+    acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\n"
+                   "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
+    filt = _write_pairs(tmp_path / "filter", _rows())
+    cfg = TrainConfig(model=model_dir, accelerate_config=acc, **{**FAST, "max_steps": 2})
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        stats = train.run(cfg, {"filter": filt}, tmp_path / "out")
+    finally:
+        os.environ.pop("OMP_NUM_THREADS") if env_threads is None else os.environ.__setitem__("OMP_NUM_THREADS", env_threads)
+    assert stats["processes"] == 1 and stats["counts"]["steps"] == 2 and stats["global_batch"] == 8
+    assert (tmp_path / "out" / "merged" / "model.safetensors").is_file()

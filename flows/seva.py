@@ -10,6 +10,7 @@ Task results are small JSON references (never data, never pickle).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,21 @@ def stage(name: str, key: str, cfg: PipelineConfig, upstream: dict[str, dict], f
         ref = pipeline.run_stage(cfg, name, upstream, key=key, force=force)
     finally:
         progress.remove_listener(listener)
-    if rows := _preview(ref):
-        create_table_artifact(table=rows, key=f"{name}-preview", description=f"{name}: first rows of {ref['path']}")
+    _publish_artifacts(ref)
     return ref
+
+
+def _publish_artifacts(ref: dict) -> None:
+    """What a person wants to see in the UI: a preview of the output, training curves, the report."""
+    name, out = ref["stage"], Path(ref["path"])
+    if rows := _preview(ref):
+        create_table_artifact(table=rows, key=f"{name}-preview", description=f"{name}: first rows of {out}")
+    metrics = out / "metrics.jsonl"
+    if name == "train" and metrics.is_file():
+        steps = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        create_table_artifact(table=steps, key="train-metrics", description="DPO metrics per logging step")
+    if (report := out / "report.md").is_file():
+        create_markdown_artifact(key=f"{name}-report", markdown=report.read_text(), description=f"{name} report ({out})")
 
 
 def _summary(cfg: PipelineConfig, refs: dict[str, dict]) -> str:

@@ -5,6 +5,7 @@
     seva serve [--port 4200]
     seva score BENCHMARK --data DIR --answers FILE [judge.key=value ...]
     seva inspect pairs [PRESET] [key=value ...]
+    seva stop
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ def cmd_score(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(ns: argparse.Namespace) -> int:
+    from seva_tasks import pipeline
+    from seva_tasks.config import load_config
+    from seva_tasks.filter import inspect_pairs
+
+    preset, overrides = _split(ns.args)
+    rows = {r["stage"]: r for r in pipeline.status(load_config(preset, overrides), "filter")}
+    if rows["filter"]["state"] != "fresh":
+        raise SevaError("No pairs for this config yet (filter is not fresh). Run `seva run --until filter` first.")
+    print(inspect_pairs(pipeline.store_for(load_config(preset, overrides)).dir("filter", rows["filter"]["key"])))
+    return 0
+
+
 def cmd_stop(ns: argparse.Namespace) -> int:
     from seva_tasks import serve
 
@@ -136,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--answers", required=True, type=Path, help="answer JSONL: question_id, text[, prompt]")
     sc.add_argument("judge", nargs="*", help="judge.key=value (MM-Vet, LLaVA-Bench, MMBench fallback)")
     sc.set_defaults(fn=cmd_score)
+
+    ins = sub.add_parser("inspect", help="preview an artifact: `seva inspect pairs` (polars preview + filter counts)")
+    ins.add_argument("what", choices=["pairs"])
+    ins.add_argument("args", nargs="*", help="[PRESET] key=value ...")
+    ins.set_defaults(fn=cmd_inspect)
 
     sp = sub.add_parser("stop", help="stop what `seva serve --background` started")
     sp.set_defaults(fn=cmd_stop)

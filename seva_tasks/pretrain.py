@@ -18,8 +18,9 @@ Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the fron
 turn, vicuna_v1 turns "USER: q ASSISTANT: a</s>", loss on each answer and its `</s>` only. Images are
 padded to a square with the mean colour and resized, as the engines and SeVa feed them.
 
-After training it asks `heldout` questions (GQA/OCR-VQA templates on scenes from a third seed stream)
-with greedy decoding and records accuracy per question type next to chance in the manifest.
+After training it asks `heldout` questions (the mix's templates on scenes from a third seed stream,
+`"{seed}:pretrain-heldout"`) with greedy decoding and records accuracy per question kind in the
+manifest, next to the bar a blind model can reach: always giving the kind's commonest true answer.
 
 Output: `out_dir/model/`, a full model directory (the base's config, processor, tokenizer and chat
 template, copied; float32 `model.safetensors` with llava-hf names, which transformers and vLLM 0.32

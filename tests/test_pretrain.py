@@ -77,7 +77,7 @@ def test_pretrain_publishes_a_full_model_dir_with_vllm_names(built):
 
 
 VALID = {"color": set(toy.COLORS), "shape": set(toy.SHAPES), "count": {str(n) for n in range(10)}, "side": {"left", "right"},
-         "exists": {"yes", "no"}, "pope": {"yes", "no"}, "choice": set("ABCD"), "genre": {g.lower() for g in toy.GENRES}}
+         "exists": {"yes", "no"}, "pope": {"yes", "no"}, "choice": set("abcd"), "genre": {g.lower() for g in toy.GENRES}}
 
 
 def test_pretrained_model_answers_held_out_questions_well_above_chance(built):

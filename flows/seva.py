@@ -10,6 +10,7 @@ Task results are small JSON references (never data, never pickle).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,9 @@ def _progress_listener(stage: str):
 
 
 def _stage_cache_key(context, parameters: dict) -> str:
-    return f"seva-{parameters['name']}-{parameters['key']}"
+    """The stage's content key, per store: a cached result is a path into its own data dir."""
+    root = hashlib.sha256(str(parameters["cfg"].artifacts).encode()).hexdigest()[:8]
+    return f"seva-{parameters['name']}-{parameters['key']}-{root}"
 
 
 @task(

@@ -17,7 +17,7 @@ PY = sys.executable
 
 
 def measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 7200) -> dict:
-    """Run `cmd` to completion: wall seconds (perf_counter) and its peak RSS from the OS; raise on failure.
+    """Run `cmd` to completion: wall seconds (perf_counter), CPU seconds and peak RSS from the OS; raise on failure.
 
     The command runs under a small launcher (`python bench/common.py --rss FILE CMD…`) that forks it,
     reaps it with os.wait4 and writes its ru_maxrss. Why not wait4 from here: Linux carries the
@@ -40,7 +40,8 @@ def measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | N
         if proc.returncode != 0 or not rss_file.is_file():
             raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} … failed ({proc.returncode}):\n{err.decode()[-4000:]}")
         rss = json.loads(rss_file.read_text())
-    return {"seconds": seconds, "peak_rss_mib": rss["maxrss_kib"] / 1024, "stdout": out.decode(), "stderr": err.decode()}
+    return {"seconds": seconds, "cpu_s": rss["cpu_s"], "peak_rss_mib": rss["maxrss_kib"] / 1024,
+            "stdout": out.decode(), "stderr": err.decode()}
 
 
 def _launch(rss_file: str, cmd: list[str]) -> int:
@@ -53,7 +54,7 @@ def _launch(rss_file: str, cmd: list[str]) -> int:
             os._exit(127)
     _, status, usage = os.wait4(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    Path(rss_file).write_text(json.dumps({"maxrss_kib": usage.ru_maxrss, "exit": code}))
+    Path(rss_file).write_text(json.dumps({"maxrss_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime, "exit": code}))
     return code
 
 

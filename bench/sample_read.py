@@ -95,8 +95,11 @@ def bench(work: Path, *, records: int, runs: int) -> list[dict]:
             shutil.rmtree(scratch, ignore_errors=True)
     what = f"{info['records']:,} records, {info['bytes'] / 2**30:.2f} GiB; draw ocr_vqa {ocr:,} + textvqa {text:,}"
     s_rows, a_rows = res["seva"][0]["rows"], res["anchor"][0]["rows"]
+    cpu = {k: summary([r["cpu_s"] for r in v]) for k, v in res.items()}
     note = (f"{what}. Rows out: seva {s_rows:,}, anchor {a_rows:,}. seva also decodes every drawn image "
-            f"(the anchor checks none). Stage split (last run, s): {res['seva'][-1]['stage_seconds']}.")
+            f"(the anchor checks none). CPU seconds (median, less sensitive to the shared box's load): seva "
+            f"{cpu['seva']['median']}, anchor {cpu['anchor']['median']} ({cpu['seva']['median'] / cpu['anchor']['median']:.2f}×). "
+            f"Stage split (last run, s): {res['seva'][-1]['stage_seconds']}.")
     t = {k: summary([r["seconds"] for r in v]) for k, v in res.items()}
     m = {k: summary([r["peak_rss_mib"] for r in v], 1) for k, v in res.items()}
     labels = dict(seva_label="sample stage (run_stage)", anchor_label="json.load + loop (SeVa split_data.py)")

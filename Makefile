@@ -15,7 +15,7 @@ export PREFECT_API_URL := http://127.0.0.1:$(PORT)/api
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test stop bench lock clean-artifacts
+.PHONY: setup run test stop bench experiment lock clean-artifacts
 
 setup: $(VENV)/.installed $(ENGINE)/.installed
 
@@ -50,6 +50,10 @@ test: setup
 
 stop:
 	-$(VENV)/bin/seva stop
+
+# Base vs SeVa-aligned on the toy benchmarks over 3 seeds + a small sweep -> experiments/toy-seva/.
+experiment: setup
+	$(VENV)/bin/seva experiment configs/experiments/toy-seva.yaml
 
 bench: setup
 	$(VENV)/bin/python bench/run.py

@@ -10,6 +10,7 @@ Task results are small JSON references (never data, never pickle).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -38,7 +39,8 @@ def _preview(ref: dict, rows: int = 10) -> list[dict]:
     return [{k: str(v)[:200] for k, v in row.items()} for row in df.iter_rows(named=True)]
 
 
-def _progress_listener(stage: str):
+@contextlib.contextmanager
+def _progress(stage: str):
     """Mirror seva_tasks.progress reports into one Prefect progress artifact per stage."""
     state: dict[str, Any] = {}
 
@@ -50,32 +52,39 @@ def _progress_listener(stage: str):
             update_progress_artifact(state["id"], progress=pct, description=desc)
         state["pct"] = pct
 
-    return listener
+    progress.add_listener(listener)
+    try:
+        yield
+    finally:
+        progress.remove_listener(listener)
 
 
-def _stage_cache_key(context, parameters: dict) -> str:
-    """The stage's content key, per store: a cached result is a path into its own data dir."""
+def _cache_key(context, parameters: dict) -> str:
+    """The content key, per store: a cached result is a path into its own data dir."""
     root = hashlib.sha256(str(parameters["cfg"].artifacts).encode()).hexdigest()[:8]
     return f"seva-{parameters['name']}-{parameters['key']}-{root}"
 
 
-@task(
-    task_run_name="{name}",
-    cache_key_fn=_stage_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    result_storage=resolve("data/prefect-results"),  # a Path: a str would be read as a block name
-)
+# Results are small JSON references (never data, never pickle); a Path: a str would be read as a block name.
+cached = task(task_run_name="{name}", cache_key_fn=_cache_key, persist_result=True, result_serializer="json",
+              result_storage=resolve("data/prefect-results"))
+
+
+@cached
 def stage(name: str, key: str, cfg: PipelineConfig, upstream: dict[str, dict], force: bool = False) -> dict:
     """Build one stage's artifact (or find it in the store) and return its reference."""
-    listener = _progress_listener(name)
-    progress.add_listener(listener)
-    try:
+    with _progress(name):
         ref = pipeline.run_stage(cfg, name, upstream, key=key, force=force)
-    finally:
-        progress.remove_listener(listener)
     _publish_artifacts(ref)
     return ref
+
+
+@cached
+def evaluate_base(name: str, key: str, cfg: PipelineConfig, upstream: dict[str, dict]) -> dict:
+    """The base model's answers and scores, keyed on the model and benchmarks only: after a training
+    change this task stays `Cached` and `evaluate` asks only the aligned model."""
+    with _progress(name):
+        return pipeline.run_baseline(cfg, upstream)
 
 
 def _publish_artifacts(ref: dict) -> None:
@@ -115,6 +124,10 @@ def seva(
     for name in pipeline.stages_until(cfg, until):
         key = pipeline.key_for(cfg, name, refs)
         force = name in (refresh or [])
+        if name == "evaluate":
+            base_key, done = pipeline.baseline(cfg, refs)
+            evaluate_base.with_options(refresh_cache=True if (force or not done) else None)(
+                "evaluate-base", base_key, cfg, dict(refs))
         # Prefect's cache record can outlive the artifact dir: if the dir is gone, recompute.
         fresh = store.manifest(name, key) is not None
         refresh_cache = True if (force or not fresh) else None  # None, not False: keep the global setting

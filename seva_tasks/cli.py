@@ -5,6 +5,7 @@
     seva serve [--port 4200]
     seva score BENCHMARK --data DIR --answers FILE [judge.key=value ...]
     seva inspect pairs [PRESET] [key=value ...]
+    seva experiment [SPEC]            # configs/experiments/toy-seva.yaml by default
     seva stop
 """
 
@@ -48,6 +49,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
     preset, overrides = _split(ns.args)
     refs = seva(config=preset, overrides=parse_overrides(overrides), until=ns.until, refresh=ns.refresh)
     print(json.dumps(refs, indent=2))
+    return 0
+
+
+def cmd_experiment(ns: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from flows.experiment import run_experiment
+
+    print(run_experiment(spec=ns.spec))
     return 0
 
 
@@ -132,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", help="last stage to run")
     run.add_argument("--refresh", action="append", default=[], help="force this stage (repeatable)")
     run.set_defaults(fn=cmd_run)
+
+    ex = sub.add_parser("experiment", help="base vs aligned over seeds and settings -> table + plots (cached runs)")
+    ex.add_argument("spec", nargs="?", default="configs/experiments/toy-seva.yaml", help="experiment YAML")
+    ex.set_defaults(fn=cmd_experiment)
 
     st = sub.add_parser("status", help="show each stage as fresh / stale / missing (runs nothing)")
     st.add_argument("args", nargs="*", help="[PRESET] key=value ...")

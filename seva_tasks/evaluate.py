@@ -239,15 +239,21 @@ class _Judges:
         self.stack.close()
 
 
-def _scores(store: Store, cfg: EvaluateConfig, name: str, answers: dict, judges: _Judges) -> dict | None:
-    """Manifest of the scores of one answers artifact (None: judged benchmark with the judge off)."""
-    uses_judge = B.needs_judge(name) or (name == "mmbench" and cfg.judge_mode != "off")
-    if B.needs_judge(name) and cfg.judge_mode == "off":
-        log.warning("Skipping %s: it needs a judge and evaluate.judge_mode is off.", name)
-        return None
-    config = {"benchmark": name, "judge": judges.identity() if uses_judge else None}
+def _uses_judge(cfg: EvaluateConfig, name: str) -> bool:
+    return B.needs_judge(name) or (name == "mmbench" and cfg.judge_mode != "off")
+
+
+def _scores_key(cfg: EvaluateConfig, name: str, answers: dict, judge: dict | None) -> tuple[str, dict]:
+    config = {"benchmark": name, "judge": judge if _uses_judge(cfg, name) else None}
     upstream = {"answers": {"key": answers["key"], "digest": answers["digest"]}}
     key = stage_key("scores", config, upstream, VERSION, {"data": _data_id(cfg, name)})
+    return key, {"config": config, "upstream": upstream, "version": VERSION}
+
+
+def _scores(store: Store, cfg: EvaluateConfig, name: str, answers: dict, judges: _Judges) -> dict:
+    """Manifest of the scores of one answers artifact."""
+    uses_judge = _uses_judge(cfg, name)
+    key, record = _scores_key(cfg, name, answers, judges.identity())
 
     def compute(out: Path) -> dict:
         parsed = B.read_answers(store.dir("answers", answers["key"]) / "answers.jsonl")
@@ -256,18 +262,69 @@ def _scores(store: Store, cfg: EvaluateConfig, name: str, answers: dict, judges:
         (out / "scores.json").write_text(json.dumps({"metrics": scored.metrics, "rows": scored.rows, **info}))
         return {"metrics": scored.metrics, **info}
 
-    return store.build("scores", key, compute, record={"config": config, "upstream": upstream, "version": VERSION})
+    return store.build("scores", key, compute, record=record)
+
+
+def _benchmarks(cfg: EvaluateConfig) -> list[str]:
+    """The configured benchmarks that can be scored: judged ones are not even asked with the judge off."""
+    return [n for n in cfg.benchmarks if not (B.needs_judge(n) and cfg.judge_mode == "off")]
+
+
+def _questions(cfg: EvaluateConfig) -> dict[str, list]:
+    if skipped := [n for n in cfg.benchmarks if n not in _benchmarks(cfg)]:
+        log.warning("Skipping %s: they need a judge and evaluate.judge_mode is off.", ", ".join(skipped))
+    questions = {}
+    for name in _benchmarks(cfg):
+        if not _data_dir(cfg, name).is_dir():
+            raise InputError(f"{_data_dir(cfg, name)}: no {name} files. Lay them out as LLaVA's playground/data/eval "
+                             f"(README 'Benchmark files'), set evaluate.data_root or evaluate.dirs.{name}, or drop it "
+                             "from evaluate.benchmarks; then rerun `seva run --until evaluate`.")
+        questions[name] = B.load_questions(name, _data_dir(cfg, name))
+    return questions
+
+
+# ---------------------------------------------------------------------------- the base model, on its own
+
+def baseline_key(cfg: EvaluateConfig, model: Path) -> str:
+    """Content key of the base model's evaluation: its answers' keys and the judge, never the train stage."""
+    answers = {n: _answers_key(cfg, n, model)[0] for n in _benchmarks(cfg)}
+    judge = _Judges(cfg, model, Path()).identity()
+    return stage_key("baseline", {"answers": answers, "judge": judge, "judge_mode": cfg.judge_mode}, {}, VERSION)
+
+
+def baseline_done(store: Store, cfg: EvaluateConfig, model: Path) -> bool:
+    """Whether every answers and scores artifact of the base model's evaluation is published."""
+    judge = _Judges(cfg, model, Path()).identity()
+    for name in _benchmarks(cfg):
+        answers = store.manifest("answers", _answers_key(cfg, name, model)[0])
+        if answers is None or store.manifest("scores", _scores_key(cfg, name, answers, judge)[0]) is None:
+            return False
+    return True
+
+
+def baseline(store: Store, cfg: EvaluateConfig, model: Path) -> dict:
+    """Answer and score every benchmark with the base model (store artifacts `answers/`, `scores/`).
+
+    The flow runs this as its own task before `evaluate`, keyed by `baseline_key`, so after a
+    training change Prefect shows it `Cached`; `evaluate` then finds these artifacts in the store.
+    """
+    work = store.root / "answers" / f".baseline-{baseline_key(cfg, model)}.work"
+    answers = _answers(store, cfg, "base", model, _questions(cfg), work)
+    with _Judges(cfg, model, work) as judges:
+        scores = {n: _scores(store, cfg, n, answers[n], judges) for n in answers}
+    shutil.rmtree(work, ignore_errors=True)
+    return {"stage": "evaluate-base", "key": baseline_key(cfg, model), "model": str(model),
+            "answers": {n: m["key"] for n, m in answers.items()},
+            "scores": {n: m["key"] for n, m in scores.items()}}
 
 
 # ---------------------------------------------------------------------------- the stage
 
-def _collect(store: Store, scores: dict[str, dict[str, dict | None]]) -> tuple[list[dict], dict]:
+def _collect(store: Store, scores: dict[str, dict[str, dict]]) -> tuple[list[dict], dict]:
     """results rows (benchmark, model, per question) and metrics.json's `benchmarks` section."""
     rows, bench = [], {}
     for label, per in scores.items():
         for name, m in per.items():
-            if m is None:
-                continue
             data = json.loads((store.dir("scores", m["key"]) / "scores.json").read_text())
             rows += [{"benchmark": name, "model": label, **r} for r in data["rows"]]
             entry = bench.setdefault(name, {"headline": B.get(name).HEADLINE})
@@ -307,18 +364,11 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     for label, path in models.items():
         if not path.is_dir():
             raise InputError(f"{path}: no {label} model directory. Check evaluate.model / the train artifact.")
-    questions = {}
-    for name in cfg.benchmarks:
-        if not _data_dir(cfg, name).is_dir():
-            raise InputError(f"{_data_dir(cfg, name)}: no {name} files. Lay them out as LLaVA's playground/data/eval "
-                             f"(README 'Benchmark files'), set evaluate.data_root or evaluate.dirs.{name}, or drop it "
-                             "from evaluate.benchmarks; then rerun `seva run --until evaluate`.")
-        questions[name] = B.load_questions(name, _data_dir(cfg, name))
+    questions = _questions(cfg)
     answers = {label: _answers(store, cfg, label, model, questions, out_dir / WORK) for label, model in models.items()}
     t1 = time.perf_counter()
     with _Judges(cfg, models["base"], out_dir) as judges:
-        scores = {label: {n: _scores(store, cfg, n, answers[label][n], judges) for n in cfg.benchmarks}
-                  for label in models}
+        scores = {label: {n: _scores(store, cfg, n, a[n], judges) for n in a} for label, a in answers.items()}
         judge = judges.judge.identity() if judges.judge else None
     rows, bench = _collect(store, scores)
     _write_results(rows, out_dir / RESULTS)

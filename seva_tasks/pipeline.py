@@ -15,7 +15,7 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from seva_tasks.config import PipelineConfig
+from seva_tasks.config import PipelineConfig, resolve
 from seva_tasks.errors import ConfigError
 from seva_tasks.store import Store, stage_key
 
@@ -103,6 +103,23 @@ def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, dict], *, key:
         resumable=getattr(mod, "RESUMABLE", False),
     )
     return ref(store, manifest)
+
+
+def base_model(cfg: PipelineConfig, upstream: dict[str, dict]) -> Path:
+    """The model `evaluate` compares the aligned one against: evaluate.model, else train's starting model."""
+    inputs = {"pretrain": Path(upstream["pretrain"]["path"])} if "pretrain" in upstream else {}
+    return resolve(stage_config(cfg, "evaluate", inputs).model or stage_config(cfg, "train", inputs).model)
+
+
+def baseline(cfg: PipelineConfig, upstream: dict[str, dict]) -> tuple[str, bool]:
+    """(content key, published?) of the base model's evaluation, which the flow runs as its own task."""
+    ev, model = module("evaluate"), base_model(cfg, upstream)
+    return ev.baseline_key(cfg.evaluate, model), ev.baseline_done(store_for(cfg), cfg.evaluate, model)
+
+
+def run_baseline(cfg: PipelineConfig, upstream: dict[str, dict]) -> dict:
+    """Answer and score every benchmark with the base model; `evaluate` then reuses these artifacts."""
+    return module("evaluate").baseline(store_for(cfg), cfg.evaluate, base_model(cfg, upstream))
 
 
 def status(cfg: PipelineConfig, until: str | None = None) -> list[dict]:

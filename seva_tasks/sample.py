@@ -150,6 +150,8 @@ def _read(path: Path) -> list[msgspec.Raw]:
         raise InputError(f"{path}: the top level must be a JSON array of conversations ({e}). {hint}") from e
     except msgspec.DecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e}). {hint}") from e
+    except RecursionError as e:  # msgspec's depth check raises it, not a DecodeError
+        raise InputError(f"{path}: JSON nested too deeply to decode ({e}). {hint}") from e
 
 
 def _questions(rec: _Record, strip: tuple[str, ...]) -> tuple[list[tuple[int, str]], str | None]:
@@ -204,6 +206,9 @@ def _split(raws: list[msgspec.Raw], cfg: SampleConfig, drops: Counter, counts: C
             except msgspec.ValidationError as e:
                 drops[_reason(e)] += 1
                 continue
+            except UnicodeDecodeError:  # the top-level pass skips strings without checking their UTF-8
+                drops["invalid_utf8"] += 1
+                continue
             if image is None:
                 counts["text_only"] += 1
             elif (subset := _subset(image)) is None:
@@ -221,6 +226,8 @@ def _validate(raw: msgspec.Raw, dec: msgspec.json.Decoder, strip: tuple[str, ...
         rec = dec.decode(raw)
     except msgspec.ValidationError as e:
         return None, _reason(e)
+    except UnicodeDecodeError:  # in a field `_split` skipped, e.g. a question
+        return None, "invalid_utf8"
     questions, why = _questions(rec, strip)
     return (None, why) if why else ((str(rec.id), rec.image, questions), None)
 

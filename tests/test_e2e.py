@@ -20,6 +20,7 @@ from seva_tasks import pipeline, serve
 from seva_tasks.config import ROOT, load_config
 
 pytestmark = pytest.mark.slow
+BASE = "evaluate-base"  # the base model's evaluation: its own task, keyed on the model and benchmarks
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -51,7 +52,7 @@ def _run(server, data_dir: Path, deployment: str = "seva/full", **params) -> dic
     flow_run_id = UUID.search(out.stdout).group(0)
     api = f"http://127.0.0.1:{port}/api"
     runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
-    return {r["name"]: r["state"]["name"] for r in runs if r["name"] in pipeline.STAGES}
+    return {r["name"]: r["state"]["name"] for r in runs if r["name"] in (*pipeline.STAGES, BASE)}
 
 
 def _answer_manifests(data: Path, evaluate_dir: Path, model: str) -> dict[str, float]:
@@ -65,7 +66,7 @@ def test_full_deployment_caches_by_content(server, tmp_path):
     data = tmp_path / "data"
     stages = pipeline.stages_until(load_config("toy"), None)
     first = _run(server, data)
-    assert set(first) == set(stages)
+    assert set(first) == {*stages, BASE}
     assert set(first.values()) == {"Completed"}
     for stage in stages:
         published = [p for p in (data / "artifacts" / stage).iterdir() if (p / "manifest.json").is_file()]
@@ -80,7 +81,7 @@ def test_full_deployment_caches_by_content(server, tmp_path):
 
     assert set(_run(server, data).values()) == {"Cached"}
 
-    # A training change reruns train and evaluate only; the base model's answers are reused.
+    # A training change reruns train and evaluate only; the base model's evaluation stays Cached.
     evaluate_dirs = lambda: [p for p in (data / "artifacts/evaluate").iterdir() if (p / "manifest.json").is_file()]
     (before,) = evaluate_dirs()
     base_built = _answer_manifests(data, before, "base")
@@ -88,6 +89,7 @@ def test_full_deployment_caches_by_content(server, tmp_path):
     upstream = stages[: stages.index("train")]
     assert all(beta[s] == "Cached" for s in upstream), beta
     assert beta["train"] == beta["evaluate"] == "Completed", beta
+    assert beta[BASE] == "Cached", beta
     (after,) = [p for p in evaluate_dirs() if p != before]
     assert _answer_manifests(data, after, "base") == base_built
 

@@ -155,22 +155,30 @@ def test_unreadable_inputs_raise_input_error_and_publish_nothing(tmp_path, root,
     assert _published(cfg, "sample") == []
 
 
-@pytest.mark.xfail(strict=True, raises=(RecursionError, UnicodeDecodeError),
-                   reason="sample._read/_split let RecursionError (deep nesting) and UnicodeDecodeError "
-                          "(invalid UTF-8 inside a record) escape instead of an InputError or a counted drop")
-@pytest.mark.parametrize("content", [
-    b"[" + b"[" * 5000 + b"]" * 5000 + b"]",
-    b'[{"id": "a", "image": "ocr_vqa/images/\xff.jpg", "conversations": []}]',
-    b'[{"id": "a", "image": "ocr_vqa/images/a.jpg", "conversations": [{"from": "human", "value": "q\xff"}]}]',
+BAD_UTF8_IMAGE = b'{"id": "u1", "image": "ocr_vqa/images/\xff.jpg", "conversations": []}'
+BAD_UTF8_QUESTION = b'{"id": "u2", "image": "ocr_vqa/images/a.jpg", "conversations": [{"from": "human", "value": "q\xff"}]}'
+
+
+@pytest.mark.parametrize("content, outcome", [
+    (b"[" + b"[" * 5000 + b"]" * 5000 + b"]", "nested too deeply"),
+    (b"[" + BAD_UTF8_IMAGE + b"]", {"invalid_utf8": 1}),
+    (b"[" + BAD_UTF8_QUESTION + b"]", {"invalid_utf8": 1}),
 ], ids=["nested 5000 deep", "invalid UTF-8 in image", "invalid UTF-8 in question"])
-def test_malformed_bytes_are_a_clear_error_or_a_counted_drop(tmp_path, root, content):
+def test_malformed_bytes_are_a_clear_error_or_a_counted_drop(tmp_path, root, content, outcome):
+    """A file msgspec cannot decode is an InputError naming it; a record with invalid UTF-8 is a counted drop."""
     cfg = _cfg(tmp_path, _write(tmp_path, content), root)
-    try:
-        ref = pipeline.run_stage(cfg, "sample", {})
-    except InputError:
-        assert _published(cfg, "sample") == []
-    else:
-        assert sum(_assert_intact(cfg, "sample", ref)["stats"]["drops"].values()) >= 1
+    with pytest.raises(InputError, match=outcome if isinstance(outcome, str) else "no usable rows") as e:
+        pipeline.run_stage(cfg, "sample", {})
+    assert "mix.json" in str(e.value) and "rerun" in str(e.value)
+    if isinstance(outcome, dict):
+        assert f"drops: {outcome}" in str(e.value)
+    assert _published(cfg, "sample") == []
+    if isinstance(outcome, dict):  # the rest of the file is still read: one good row beside the bad one
+        _img(root, "ocr_vqa/images/ok.jpg")
+        good = json.dumps(_rec("ok", "ocr_vqa/images/ok.jpg", OCR_Q)).encode()
+        cfg = _cfg(tmp_path, _write(tmp_path, content[:-1] + b", " + good + b"]"), root)
+        manifest = _assert_intact(cfg, "sample", pipeline.run_stage(cfg, "sample", {}))
+        assert manifest["stats"]["drops"] == outcome and manifest["stats"]["counts"]["rows"] == 1
 
 
 # ---------------------------------------------------------------- bad rows: counted, published intact, augmentable
@@ -232,7 +240,8 @@ def _corpus(tmp: Path, root: Path) -> tuple[list[dict], list[str]]:
 
 def test_bad_rows_are_counted_and_the_published_artifact_is_intact_and_augmentable(tmp_path, root):
     records, kept = _corpus(tmp_path, root)
-    cfg = _cfg(tmp_path, _write(tmp_path, records), root)
+    bad_bytes = [BAD_UTF8_IMAGE, BAD_UTF8_QUESTION]  # not expressible as Python objects: spliced in as bytes
+    cfg = _cfg(tmp_path, _write(tmp_path, json.dumps(records).encode()[:-1] + b", " + b", ".join(bad_bytes) + b"]"), root)
     ref = pipeline.run_stage(cfg, "sample", {})
     manifest = _assert_intact(cfg, "sample", ref)
     drops = manifest["stats"]["drops"]
@@ -252,8 +261,9 @@ def test_bad_rows_are_counted_and_the_published_artifact_is_intact_and_augmentab
         "image_undecodable": 3,  # zero-byte, truncated, text
         "image_too_large": 1,  # decompression bomb header
         "image_outside_root": 2,  # file link and directory link leading out
+        "invalid_utf8": 2,  # in the image path, in a question
     }, drops
-    assert manifest["stats"]["counts"]["records"] == len(records)
+    assert manifest["stats"]["counts"]["records"] == len(records) + len(bad_bytes)
 
     import polars as pl
 

@@ -1,0 +1,38 @@
+"""The `seva-experiment` flow: one `seva` subflow per (setting, seed), then the table and plots.
+
+    make experiment
+    prefect deployment run seva-experiment/toy-seva --watch
+    seva experiment configs/experiments/toy-seva.yaml
+
+Every stage is cached by content, so a second invocation (or a setting added later) reruns only
+what changed. The table and plots are rewritten after each run, so a long sweep shows its progress.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.seva import seva
+from seva_tasks import experiment
+
+
+@flow(name="seva-experiment", persist_result=False, log_prints=True)
+def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
+    """Run every (setting, seed) of the experiment file; return the output directory."""
+    exp = experiment.load(spec)
+    plan = exp.runs()
+    runs = []
+    for i, (setting, seed, overrides) in enumerate(plan, 1):
+        print(f"[{i}/{len(plan)}] {setting} seed {seed}: {overrides}")
+        refs = seva.with_options(flow_run_name=f"{setting}-seed{seed}")(config=exp.preset, overrides=overrides)
+        runs.append(experiment.collect(setting, seed, overrides, refs))
+        out = experiment.write(exp, runs)
+    table = (out / "table.md").read_text()
+    create_markdown_artifact(key="seva-experiment", markdown=table, description=f"{spec} -> {out}")
+    print(table)
+    return str(out)
+
+
+if __name__ == "__main__":
+    run_experiment()

@@ -1,0 +1,209 @@
+"""Base vs SeVa-aligned over seeds and settings: the plan, the table and the plots (no Prefect here).
+
+    make experiment                       # configs/experiments/toy-seva.yaml -> experiments/toy-seva/
+    seva experiment configs/experiments/toy-seva.yaml
+
+An experiment is a preset, seeds, and named settings (dotted overrides). Each (setting, seed) is one
+run of the `seva` flow (flows/experiment.py), so every stage is cached as usual: a second invocation
+costs nothing, and settings that share a prefix of the chain share its artifacts. A seed sets every
+`seed_keys` field (by default sample, augment and train): the base model is the same pretrained model
+in every run, so its scores do not vary and each delta is a paired comparison on that model.
+
+Outputs, written as one directory swap: `runs.jsonl` (one line per run: setting, seed, stage keys,
+pairs kept, base and aligned headline metrics), `summary.json`, `table.md`, `plots/seeds.png` (base vs
+aligned with seed spread, first setting) and `plots/sweep.png` (delta per setting and benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from seva_tasks.base import resolve
+from seva_tasks.config import load_config
+from seva_tasks.errors import ConfigError
+from seva_tasks.report import NAMES
+
+
+class Setting(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Short name used in the table and plots.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides on top of the preset.")
+    seeds: list[int] | None = Field(None, description="Seeds for this setting; None: the experiment's.")
+    why: str = Field("", description="What the setting tests (shown in the table).")
+
+
+class ExperimentConfig(BaseModel):
+    """An experiment: one preset, seeds, settings. Args: see each field's description."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str = Field("toy", description="Preset name or YAML path (configs/).")
+    out: Path = Field(Path("experiments/toy-seva"), description="Output directory (relative to the project root).")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds of every setting that names none.")
+    seed_keys: list[str] = Field(["sample.seed", "augment.seed", "train.seed"], description="Fields a seed sets.")
+    settings: list[Setting] = Field(min_length=1, description="The first is the headline; the rest are the sweep.")
+
+    def runs(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """(setting, seed, overrides) for every run, each checked against the config schema up front."""
+        plan = []
+        for s in self.settings:
+            for seed in s.seeds or self.seeds:
+                overrides = {**{k: seed for k in self.seed_keys}, **s.overrides}
+                load_config(self.preset, overrides)  # fail before hours of work, naming the bad key
+                plan.append((s.name, seed, overrides))
+        return plan
+
+
+def load(path: str | Path) -> ExperimentConfig:
+    p = resolve(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such experiment file (see configs/experiments/).")
+    try:
+        return ExperimentConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+    except ValueError as e:
+        raise ConfigError(f"{p}: {e}") from e
+
+
+def collect(setting: str, seed: int, overrides: dict, refs: dict[str, dict]) -> dict:
+    """One run's line of runs.jsonl, from the flow's stage references."""
+    metrics = json.loads((Path(refs["evaluate"]["path"]) / "metrics.json").read_text())
+    kept = json.loads((Path(refs["filter"]["path"]) / "manifest.json").read_text())["stats"]["counts"]["kept"]
+    bench = {}
+    for name, e in metrics["benchmarks"].items():
+        h = e["headline"]
+        base, aligned = e.get("base", {}).get(h), e.get("aligned", {}).get(h)
+        if base is not None and aligned is not None:
+            bench[name] = {"metric": h, "base": base, "aligned": aligned}
+    return {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept,
+            "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench}
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None, "n": len(xs)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """setting -> {pairs, benchmarks: name -> {metric, base, aligned, delta: {mean, std (sample), n}}}."""
+    out: dict[str, dict] = {}
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        mine = [r for r in runs if r["setting"] == setting]
+        bench = {}
+        for name in dict.fromkeys(n for r in mine for n in r["benchmarks"]):
+            rows = [r["benchmarks"][name] for r in mine if name in r["benchmarks"]]
+            bench[name] = {"metric": rows[0]["metric"], "base": _stats([x["base"] for x in rows]),
+                           "aligned": _stats([x["aligned"] for x in rows]),
+                           "delta": _stats([x["aligned"] - x["base"] for x in rows])}
+        out[setting] = {"seeds": [r["seed"] for r in mine], "pairs": _stats([r["pairs"] for r in mine]),
+                        "benchmarks": bench}
+    return out
+
+
+def _pm(s: dict, signed: bool = False) -> str:
+    mean = f"{s['mean']:+.2f}" if signed else f"{s['mean']:.2f}"
+    return mean if s["std"] is None else f"{mean} ± {s['std']:.2f}"
+
+
+def table(exp: ExperimentConfig, summary: dict) -> str:
+    """Markdown: the headline setting per benchmark, then the sweep's deltas."""
+    head, *sweep = exp.settings
+    s = summary[head.name]
+    lines = [f"### {head.name}: {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), "
+             f"{_pm(s['pairs'])} pairs kept", "",
+             "| Benchmark | Metric | Base | Aligned | Δ (aligned − base) |", "|---|---|---:|---:|---:|"]
+    for name, b in s["benchmarks"].items():
+        lines.append(f"| {NAMES.get(name, name)} | {b['metric']} | {_pm(b['base'])} | {_pm(b['aligned'])} | "
+                     f"{_pm(b['delta'], signed=True)} |")
+    if sweep:
+        names = list(s["benchmarks"])
+        lines += ["", "### Sweep: Δ (aligned − base) per setting", "",
+                  "| Setting | Overrides | Seeds | Pairs | " + " | ".join(NAMES.get(n, n) for n in names) + " |",
+                  "|---|---|---:|---:|" + "---:|" * len(names)]
+        for st in exp.settings:
+            if st.name not in summary:
+                continue
+            row = summary[st.name]
+            over = ", ".join(f"{k}={v}" for k, v in st.overrides.items()) or "(preset)"
+            cells = " | ".join(_pm(row["benchmarks"][n]["delta"], signed=True) if n in row["benchmarks"] else "–"
+                               for n in names)
+            lines.append(f"| {st.name} | {over} | {len(row['seeds'])} | {row['pairs']['mean']:.1f} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_seeds(summary: dict, setting: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bench = summary[setting]["benchmarks"]
+    names = list(bench)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 3.6))
+    width = 0.38
+    for i, (label, color) in enumerate((("base", "#9aa5b1"), ("aligned", "#2f6fb0"))):
+        # MME is a sum of subtask scores (0-2000): plotted on its own scale would flatten the rest.
+        means = [bench[n][label]["mean"] / (20 if n == "mme" else 1) for n in names]
+        errs = [(bench[n][label]["std"] or 0.0) / (20 if n == "mme" else 1) for n in names]
+        ax.bar([x + (i - 0.5) * width for x in range(len(names))], means, width, yerr=errs, capsize=3,
+               color=color, label=label)
+    ax.set_xticks(range(len(names)), [NAMES.get(n, n) + (" /20" if n == "mme" else "") for n in names],
+                  fontsize=8, rotation=20)
+    ax.set_ylabel("headline metric (mean ± std over seeds)")
+    ax.set_title(f"{setting}: base vs SeVa-aligned, seeds {summary[setting]['seeds']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_sweep(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(summary)
+    names = list(dict.fromkeys(n for s in summary.values() for n in s["benchmarks"]))
+    grid = [[summary[s]["benchmarks"].get(n, {}).get("delta", {}).get("mean", float("nan")) for n in names]
+            for s in settings]
+    top = max([abs(v) for row in grid for v in row if v == v] + [1.0])
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(names)), 0.5 * len(settings) + 1.6))
+    im = ax.imshow(grid, cmap="RdBu", vmin=-top, vmax=top, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, "–" if v != v else f"{v:+.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(names)), [NAMES.get(n, n) for n in names], fontsize=8, rotation=20)
+    ax.set_yticks(range(len(settings)), [f"{s} (n={len(summary[s]['seeds'])})" for s in settings], fontsize=8)
+    ax.set_title("Δ aligned − base (mean over seeds)", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(exp: ExperimentConfig, runs: list[dict]) -> Path:
+    """runs.jsonl, summary.json, table.md and plots/ into exp.out, replaced as a whole."""
+    out = resolve(exp.out)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "plots").mkdir(parents=True)
+    summary = summarize(runs)
+    (tmp / "runs.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in runs))
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    (tmp / "table.md").write_text(table(exp, summary))
+    _plot_seeds(summary, exp.settings[0].name, tmp / "plots" / "seeds.png")
+    _plot_sweep(summary, tmp / "plots" / "sweep.png")
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out

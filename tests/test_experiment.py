@@ -1,0 +1,71 @@
+"""The experiment's plan, statistics, table and outputs, on hand-computed runs (the runs themselves are
+cached `seva` flows, covered by test_e2e)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seva_tasks import experiment
+from seva_tasks.errors import ConfigError
+
+
+def _run(setting: str, seed: int, pairs: int, pope: tuple[float, float], gqa: tuple[float, float]) -> dict:
+    return {"setting": setting, "seed": seed, "overrides": {}, "pairs": pairs, "keys": {},
+            "benchmarks": {"pope": {"metric": "f1", "base": pope[0], "aligned": pope[1]},
+                           "gqa": {"metric": "accuracy", "base": gqa[0], "aligned": gqa[1]}}}
+
+
+RUNS = [_run("paper", 0, 7, (60.0, 62.0), (40.0, 40.0)),
+        _run("paper", 1, 9, (60.0, 66.0), (40.0, 38.0)),
+        _run("paper", 2, 8, (60.0, 61.0), (40.0, 42.0)),
+        _run("noise-800", 0, 30, (60.0, 50.0), (40.0, 44.0))]
+
+
+def _exp(tmp_path) -> experiment.ExperimentConfig:
+    return experiment.ExperimentConfig(out=tmp_path / "out", settings=[
+        {"name": "paper"}, {"name": "noise-800", "overrides": {"augment.noise_step": 800}, "seeds": [0]}])
+
+
+def test_plan_sets_every_seed_key_and_checks_overrides_up_front(tmp_path):
+    plan = _exp(tmp_path).runs()
+    assert [(s, seed) for s, seed, _ in plan] == [("paper", 0), ("paper", 1), ("paper", 2), ("noise-800", 0)]
+    assert plan[1][2] == {"sample.seed": 1, "augment.seed": 1, "train.seed": 1}
+    assert plan[3][2]["augment.noise_step"] == 800
+    bad = experiment.ExperimentConfig(settings=[{"name": "x", "overrides": {"train.betta": 0.2}}])
+    with pytest.raises(ConfigError, match="betta"):
+        bad.runs()
+
+
+def test_summary_is_mean_and_sample_std_of_paired_deltas():
+    s = experiment.summarize(RUNS)
+    pope = s["paper"]["benchmarks"]["pope"]
+    assert pope["base"] == {"mean": 60.0, "std": 0.0, "n": 3}
+    assert pope["aligned"]["mean"] == pytest.approx(63.0)
+    # deltas 2, 6, 1: mean 3, sample variance ((1 + 9 + 4) / 2) = 7
+    assert pope["delta"]["mean"] == pytest.approx(3.0)
+    assert pope["delta"]["std"] == pytest.approx(7 ** 0.5)
+    assert s["paper"]["benchmarks"]["gqa"]["delta"] == {"mean": 0.0, "std": 2.0, "n": 3}
+    assert s["paper"]["pairs"]["mean"] == 8.0 and s["paper"]["seeds"] == [0, 1, 2]
+    assert s["noise-800"]["benchmarks"]["pope"]["delta"] == {"mean": -10.0, "std": None, "n": 1}
+
+
+def test_outputs_table_and_plots(tmp_path):
+    exp = _exp(tmp_path)
+    out = experiment.write(exp, RUNS)
+    table = (out / "table.md").read_text()
+    assert "| POPE | f1 | 60.00 ± 0.00 | 63.00 ± 2.65 | +3.00 ± 2.65 |" in table
+    assert "| noise-800 | augment.noise_step=800 | 1 | 30.0 | -10.00 | +4.00 |" in table
+    assert [json.loads(line)["seed"] for line in (out / "runs.jsonl").read_text().splitlines()] == [0, 1, 2, 0]
+    for png in ("seeds.png", "sweep.png"):
+        assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    # Rewritten as a whole: a second write replaces, never mixes.
+    out = experiment.write(exp, RUNS[:1])
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 1
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_missing_experiment_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        experiment.load(tmp_path / "nope.yaml")

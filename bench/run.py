@@ -47,36 +47,47 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 def p1(work: Path, quick: bool, runs: int) -> list[dict]:
     """Generation throughput through bench/generate_throughput.py's engine runner.
 
-    Two answer budgets: 16 new tokens (image preprocessing and prefill weigh most) and 64 (decoding
-    weighs most, closer to SeVa's 512-token answers). The toy base model never stops early, so every
-    request generates the full budget on every engine. Each run starts each engine in its own
-    process (load and an 8-request warm-up excluded from the timing), engines in rotating order, so
-    that load swings on a shared machine hit every engine alike.
+    Two answer budgets on the toy model: 16 new tokens (image preprocessing and prefill weigh most)
+    and 64 (decoding weighs most, closer to SeVa's 512-token answers). The toy model has 0.4M params,
+    so every engine there is bound by per-step overhead, not arithmetic; a third case runs a scaled
+    random LLaVA (~60M params, the toy's wiring, bench/dpo_memory.py) where the model's compute
+    counts, as it does for a 7B. Random base models never stop early, so every request generates
+    the full budget on every engine. Each run starts each engine in its own process (load and an
+    8-request warm-up excluded from the timing), engines in rotating order, so that load swings on
+    a shared machine hit every engine alike.
     """
+    import dpo_memory
     import generate_throughput as G
 
     n, hf_batch = (8, 4) if quick else (256, 16)
     req = work / "p1-requests.parquet"
     G._requests(n, req)
     engines = [("hf1", "hf", 1, Path(PY)), ("hfb", "hf", hf_batch, Path(PY)), ("vllm", "vllm", 1, ROOT / ".venv-vllm/bin/python")]
+    cases = [("toy", ROOT / "data/toy/model", "toy LLaVA (0.4M params)", b) for b in ((4,) if quick else (16, 64))]
+    if not quick:
+        scaled = work / "p1-scaled-model"
+        if not (scaled / "config.json").is_file():
+            dpo_memory._scaled_model(scaled, **dpo_memory.SIZES["scaled"])
+        cases.append(("scaled", scaled, "scaled random LLaVA (~60M params)", 32))
     out = []
-    for budget in (4,) if quick else (16, 64):
-        args = argparse.Namespace(model=str(ROOT / "data/toy/model"), dtype="float32", max_new_tokens=budget,
+    for size, model, desc, budget in cases:
+        args = argparse.Namespace(model=str(model), dtype="float32", max_new_tokens=budget,
                                   max_model_len=512, runs=1, kv_cache_bytes=256 << 20)
         tps: dict[str, list[float]] = {k: [] for k, *_ in engines}
         load: dict[str, list[float]] = {k: [] for k, *_ in engines}
         for i in range(runs):
             for k, engine, batch, python in engines[i % 3:] + engines[: i % 3]:
-                r = G._run_engine(f"{k} ({budget} tokens, run {i + 1})", engine, batch, python, args, req)
+                r = G._run_engine(f"{k} ({size}, {budget} tokens, run {i + 1})", engine, batch, python, args, req)
                 tps[k].append(r["gen_tokens"] / r["runs_s"][0])
                 load[k].append(r["load_s"])
         s = {k: summary(v, 1) for k, v in tps.items()}
-        note = (f"{n} prompts (half SeVa exact-noise), greedy, {budget} new tokens each, float32, toy LLaVA (0.4M params); "
+        note = (f"{n} prompts (half SeVa exact-noise), greedy, {budget} new tokens each, float32, {desc}; "
                 "engine load s (median): " + ", ".join(f"{k} {summary(v, 1)['median']}" for k, v in load.items()))
         hf1 = dict(anchor_label="HF generate, batch 1 (SeVa)", better="higher")
-        out += [row("P1", f"generate, {budget} new tokens: vLLM vs HF batch 1", "tok/s", s["vllm"], s["hf1"],
+        what = f"generate, {size} model, {budget} new tokens"
+        out += [row("P1", f"{what}: vLLM vs HF batch 1", "tok/s", s["vllm"], s["hf1"],
                     seva_label="vLLM engine", target=("ratio>=", 10), note=note, **hf1),
-                row("P1", f"generate, {budget} new tokens: HF batch {hf_batch} vs HF batch 1", "tok/s", s["hfb"], s["hf1"],
+                row("P1", f"{what}: HF batch {hf_batch} vs HF batch 1", "tok/s", s["hfb"], s["hf1"],
                     seva_label=f"HF generate, batch {hf_batch}", **hf1)]
     return out
 

@@ -68,7 +68,7 @@ def load(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{p}: no such experiment file (see configs/experiments/).")
     try:
         return ExperimentConfig.model_validate(yaml.safe_load(p.read_text()) or {})
-    except ValueError as e:
+    except (yaml.YAMLError, ValueError) as e:
         raise ConfigError(f"{p}: {e}") from e
 
 
@@ -123,17 +123,20 @@ def table(exp: ExperimentConfig, summary: dict) -> str:
                      f"{_pm(b['delta'], signed=True)} |")
     if sweep:
         names = list(s["benchmarks"])
-        lines += ["", "### Sweep: Δ (aligned − base) per setting", "",
-                  "| Setting | Overrides | Seeds | Pairs | " + " | ".join(NAMES.get(n, n) for n in names) + " |",
-                  "|---|---|---:|---:|" + "---:|" * len(names)]
+        lines += ["", "### Sweep: Δ (aligned − base) per setting, mean ± std over seeds", "",
+                  "| Setting | Seeds | Pairs | " + " | ".join(NAMES.get(n, n) for n in names) + " |",
+                  "|---|---:|---:|" + "---:|" * len(names)]
+        legend = []
         for st in exp.settings:
             if st.name not in summary:
                 continue
             row = summary[st.name]
-            over = ", ".join(f"{k}={v}" for k, v in st.overrides.items()) or "(preset)"
             cells = " | ".join(_pm(row["benchmarks"][n]["delta"], signed=True) if n in row["benchmarks"] else "–"
                                for n in names)
-            lines.append(f"| {st.name} | {over} | {len(row['seeds'])} | {row['pairs']['mean']:.1f} | {cells} |")
+            lines.append(f"| {st.name} | {len(row['seeds'])} | {_pm(row['pairs'])} | {cells} |")
+            over = ", ".join(f"`{k}={json.dumps(v, separators=(',', ':'))}`" for k, v in st.overrides.items())
+            legend.append(f"- **{st.name}**: {st.why or 'no description'} ({over or 'the preset as is'})")
+        lines += ["", *legend]
     return "\n".join(lines) + "\n"
 
 
@@ -195,7 +198,7 @@ def write(exp: ExperimentConfig, runs: list[dict]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "plots").mkdir(parents=True)
     summary = summarize(runs)
-    (tmp / "runs.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in runs))
+    (tmp / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     (tmp / "table.md").write_text(table(exp, summary))
     _plot_seeds(summary, exp.settings[0].name, tmp / "plots" / "seeds.png")

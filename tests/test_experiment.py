@@ -56,7 +56,8 @@ def test_outputs_table_and_plots(tmp_path):
     out = experiment.write(exp, RUNS)
     table = (out / "table.md").read_text()
     assert "| POPE | f1 | 60.00 ± 0.00 | 63.00 ± 2.65 | +3.00 ± 2.65 |" in table
-    assert "| noise-800 | augment.noise_step=800 | 1 | 30.0 | -10.00 | +4.00 |" in table
+    assert "| noise-800 | 1 | 30.00 | -10.00 | +4.00 |" in table
+    assert "- **noise-800**: no description (`augment.noise_step=800`)" in table
     assert [json.loads(line)["seed"] for line in (out / "runs.jsonl").read_text().splitlines()] == [0, 1, 2, 0]
     for png in ("seeds.png", "sweep.png"):
         assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
@@ -69,3 +70,10 @@ def test_outputs_table_and_plots(tmp_path):
 def test_missing_experiment_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         experiment.load(tmp_path / "nope.yaml")
+
+
+def test_unreadable_experiment_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("settings:\n  - name: x\n    why: a: b\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        experiment.load(bad)

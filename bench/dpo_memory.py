@@ -48,8 +48,10 @@ def _pairs(out: Path, n: int) -> Path:
 
 
 def _scaled_model(out: Path, hidden_size: int, layers: int) -> Path:
-    """A random LLaVA with the toy's tokenizer/processor and a wider, deeper body (same wiring)."""
+    """A random LLaVA with the toy's tokenizer/processor and a wider, deeper body, saved as the toy
+    model is (llava-hf checkpoint names, `architectures`), so transformers and vLLM both load it."""
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from seva_tasks import toy
@@ -57,9 +59,16 @@ def _scaled_model(out: Path, hidden_size: int, layers: int) -> Path:
     base = toy.model_dir(toy.ToyConfig())
     proc = AutoProcessor.from_pretrained(base)
     config = toy._llava_config(toy.ToyConfig(hidden_size=hidden_size, layers=layers), len(proc.tokenizer))
+    config.architectures = ["LlavaForConditionalGeneration"]
     torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).float().save_pretrained(out)
+    model = LlavaForConditionalGeneration(config).float()
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    save_file(toy._checkpoint_names(model.state_dict()), str(out / "model.safetensors"), metadata={"format": "pt"})
     proc.save_pretrained(out)
+    for name in ("generation_config.json", "chat_template.jinja", "chat_template.json"):
+        if (base / name).is_file() and not (out / name).is_file():
+            shutil.copy2(base / name, out / name)
     return out
 
 

@@ -68,7 +68,7 @@ def p1(work: Path, quick: bool, runs: int) -> list[dict]:
         scaled = work / "p1-scaled-model"
         if not (scaled / "config.json").is_file():
             dpo_memory._scaled_model(scaled, **dpo_memory.SIZES["scaled"])
-        cases.append(("scaled", scaled, "scaled random LLaVA (~60M params)", 32))
+        cases.append(("scaled", scaled, "scaled random LLaVA (~60M params)", 16))
     out = []
     for size, model, desc, budget in cases:
         args = argparse.Namespace(model=str(model), dtype="float32", max_new_tokens=budget,

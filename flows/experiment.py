@@ -26,7 +26,7 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
     for i, (setting, seed, overrides) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {setting} seed {seed}: {overrides}")
         refs = seva.with_options(flow_run_name=f"{setting}-seed{seed}")(config=exp.preset, overrides=overrides)
-        runs.append(experiment.collect(setting, seed, overrides, refs))
+        runs.append(experiment.collect(exp, setting, seed, overrides, refs))
         out = experiment.write(exp, runs)
     table = (out / "table.md").read_text()
     create_markdown_artifact(key="seva-experiment", markdown=table, description=f"{spec} -> {out}")

@@ -17,6 +17,7 @@ aligned with seed spread, first setting) and `plots/sweep.png` (delta per settin
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -29,6 +30,7 @@ from seva_tasks.base import resolve
 from seva_tasks.config import load_config
 from seva_tasks.errors import ConfigError
 from seva_tasks.report import NAMES
+from seva_tasks.sample import reference_answers
 
 
 class Setting(BaseModel):
@@ -72,17 +74,53 @@ def load(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{p}: {e}") from e
 
 
-def collect(setting: str, seed: int, overrides: dict, refs: dict[str, dict]) -> dict:
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+def _right(answer: str, reference: str) -> bool:
+    """The answer is the reference, or starts with it as whole words ("No, ..." for "No")."""
+    a, r = _norm(answer), _norm(reference)
+    return bool(r) and (a == r or a.startswith(r + " "))
+
+
+def pair_quality(pairs: Path, annotations: Path) -> dict[str, int]:
+    """How often the chosen (clean-image) and rejected (noised) answers match the mix's own answer.
+
+    SeVa's premise is that chosen beats rejected; `chosen_only` counts the pairs where it visibly
+    does (chosen right, rejected wrong), `rejected_only` the reverse.
+    """
+    import polars as pl
+
+    df = pl.read_parquet(pairs, columns=["id", "chosen", "rejected"])
+    refs = reference_answers(annotations, set(df["id"].to_list()))
+    q = {"pairs": df.height, "with_reference": 0, "chosen_right": 0, "rejected_right": 0, "chosen_only": 0,
+         "rejected_only": 0}
+    for row in df.iter_rows(named=True):
+        if (ref := refs.get(row["id"])) is None:
+            continue
+        c, r = _right(row["chosen"][-1]["content"], ref), _right(row["rejected"][-1]["content"], ref)
+        q["with_reference"] += 1
+        q["chosen_right"] += c
+        q["rejected_right"] += r
+        q["chosen_only"] += c and not r
+        q["rejected_only"] += r and not c
+    return q
+
+
+def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, refs: dict[str, dict]) -> dict:
     """One run's line of runs.jsonl, from the flow's stage references."""
     metrics = json.loads((Path(refs["evaluate"]["path"]) / "metrics.json").read_text())
     kept = json.loads((Path(refs["filter"]["path"]) / "manifest.json").read_text())["stats"]["counts"]["kept"]
+    annotations = load_config(exp.preset, overrides).sample.annotations
+    quality = pair_quality(Path(refs["filter"]["path"]) / "pairs.parquet", annotations)
     bench = {}
     for name, e in metrics["benchmarks"].items():
         h = e["headline"]
         base, aligned = e.get("base", {}).get(h), e.get("aligned", {}).get(h)
         if base is not None and aligned is not None:
             bench[name] = {"metric": h, "base": base, "aligned": aligned}
-    return {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept,
+    return {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept, "pair_quality": quality,
             "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench}
 
 
@@ -101,8 +139,9 @@ def summarize(runs: list[dict]) -> dict:
             bench[name] = {"metric": rows[0]["metric"], "base": _stats([x["base"] for x in rows]),
                            "aligned": _stats([x["aligned"] for x in rows]),
                            "delta": _stats([x["aligned"] - x["base"] for x in rows])}
+        quality = {k: _stats([r["pair_quality"][k] for r in mine]) for k in mine[0].get("pair_quality", {})}
         out[setting] = {"seeds": [r["seed"] for r in mine], "pairs": _stats([r["pairs"] for r in mine]),
-                        "benchmarks": bench}
+                        "pair_quality": quality, "benchmarks": bench}
     return out
 
 
@@ -137,6 +176,16 @@ def table(exp: ExperimentConfig, summary: dict) -> str:
             over = ", ".join(f"`{k}={json.dumps(v, separators=(',', ':'))}`" for k, v in st.overrides.items())
             legend.append(f"- **{st.name}**: {st.why or 'no description'} ({over or 'the preset as is'})")
         lines += ["", *legend]
+    quality = [(st.name, summary[st.name]["pair_quality"]) for st in exp.settings
+               if summary.get(st.name, {}).get("pair_quality")]
+    if quality:
+        lines += ["", "### Are the chosen answers the right ones? (vs the mix's own answers; mean per seed)", "",
+                  "| Setting | Pairs | chosen right | rejected right | only chosen right | only rejected right |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, q in quality:
+            cells = " | ".join(f"{q[k]['mean']:.1f}" for k in ("chosen_right", "rejected_right", "chosen_only",
+                                                                "rejected_only"))
+            lines.append(f"| {name} | {q['pairs']['mean']:.1f} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

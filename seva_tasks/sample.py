@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 from pydantic import Field, model_validator
 
-from seva_tasks.base import StageConfig
+from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
 from seva_tasks.progress import report, track
 
@@ -281,13 +281,36 @@ def fingerprint(cfg: SampleConfig) -> dict:
     Hashing 1 GB would add seconds to every `seva status` and flow start; any rewrite of the file
     changes its mtime (the quick check make, rsync and DVC use). Images are not fingerprinted.
     """
-    from seva_tasks.config import resolve
 
     try:
         st = resolve(cfg.annotations).stat()
     except OSError:
         return {"annotations": None}
     return {"annotations": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+
+
+def reference_answers(annotations: Path, ids: set[str]) -> dict[str, str]:
+    """The mix's own answer (the `gpt` turn after it) to each row id `<record id>:<turn>` in `ids`.
+
+    SeVa never uses these; the experiment does, to check whether chosen answers are the right ones.
+    """
+    dec, found = msgspec.json.Decoder(_Record), {}
+    wanted = {i.rsplit(":", 1)[0] for i in ids}
+    for raw in _read(resolve(annotations)):
+        try:
+            rec = dec.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            continue  # text-only or malformed: sample dropped it too
+        if str(rec.id) not in wanted:
+            continue
+        turn = 0
+        for i, t in enumerate(rec.conversations):
+            if t.from_ == "human":
+                key = f"{rec.id}:{turn}"
+                if key in ids and i + 1 < len(rec.conversations):
+                    found[key] = rec.conversations[i + 1].value
+                turn += 1
+    return found
 
 
 def run(cfg: SampleConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
@@ -299,7 +322,6 @@ def run(cfg: SampleConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         Manifest stats: counts, per-subset counts (candidates, examined, images, questions,
         shortfall), drops (reason -> records), image_root (what `image` is relative to), seconds.
     """
-    from seva_tasks.config import resolve
 
     path, root = resolve(cfg.annotations), resolve(cfg.image_root).resolve()
     if not root.is_dir():

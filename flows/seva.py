@@ -5,7 +5,9 @@
     seva run --until augment augment.noise_step=800          # same flow, from the CLI
 
 A task's cache key is the stage's content key (seva_tasks/store.py), so a hit shows as `Cached`.
-Task results are small JSON references (never data, never pickle).
+Before `evaluate`, the task `evaluate-base` answers and scores the base model, keyed on the model and
+the benchmarks only: after a training change it stays `Cached`. Task results are small JSON
+references (never data, never pickle).
 """
 
 from __future__ import annotations

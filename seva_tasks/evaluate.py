@@ -308,12 +308,13 @@ def baseline(store: Store, cfg: EvaluateConfig, model: Path) -> dict:
     The flow runs this as its own task before `evaluate`, keyed by `baseline_key`, so after a
     training change Prefect shows it `Cached`; `evaluate` then finds these artifacts in the store.
     """
-    work = store.root / "answers" / f".baseline-{baseline_key(cfg, model)}.work"
+    key = baseline_key(cfg, model)
+    work = store.root / "answers" / f".baseline-{key}.work"
     answers = _answers(store, cfg, "base", model, _questions(cfg), work)
     with _Judges(cfg, model, work) as judges:
         scores = {n: _scores(store, cfg, n, answers[n], judges) for n in answers}
     shutil.rmtree(work, ignore_errors=True)
-    return {"stage": "evaluate-base", "key": baseline_key(cfg, model), "model": str(model),
+    return {"stage": "evaluate-base", "key": key, "model": str(model),
             "answers": {n: m["key"] for n, m in answers.items()},
             "scores": {n: m["key"] for n, m in scores.items()}}
 

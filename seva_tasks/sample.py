@@ -281,7 +281,6 @@ def fingerprint(cfg: SampleConfig) -> dict:
     Hashing 1 GB would add seconds to every `seva status` and flow start; any rewrite of the file
     changes its mtime (the quick check make, rsync and DVC use). Images are not fingerprinted.
     """
-
     try:
         st = resolve(cfg.annotations).stat()
     except OSError:
@@ -322,7 +321,6 @@ def run(cfg: SampleConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         Manifest stats: counts, per-subset counts (candidates, examined, images, questions,
         shortfall), drops (reason -> records), image_root (what `image` is relative to), seconds.
     """
-
     path, root = resolve(cfg.annotations), resolve(cfg.image_root).resolve()
     if not root.is_dir():
         raise InputError(f"{root}: image_root is not a directory. Set sample.image_root and rerun `seva run --until sample`.")

@@ -79,14 +79,16 @@ def per_image_loop(sample_dir: Path, out: Path, size: int, step: int) -> None:
     import polars as pl
     import torch
 
-    from seva_tasks import augment as A
+    from seva_tasks.llava.images import CLIP_MEAN, CLIP_STD, load_rgb, normalize, square_tensor
+    from seva_tasks.llava.noise import add_diffusion_noise
+    from seva_tasks.stages import augment as A
 
     root = Path(json.loads((sample_dir / "manifest.json").read_text())["stats"]["image_root"])
-    m, s = torch.tensor(A.CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(A.CLIP_STD).view(1, 3, 1, 1)
+    m, s = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     (out / "images").mkdir(parents=True)
     torch.manual_seed(0)
     for i, rel in enumerate(pl.read_parquet(sample_dir / "unlabeled.parquet")["image"]):
-        x = A._normalize(A.square_tensor(A.load_rgb(root / rel), size, A.CLIP_MEAN)[None], A.CLIP_MEAN, A.CLIP_STD)
+        x = normalize(square_tensor(load_rgb(root / rel), size, CLIP_MEAN)[None], CLIP_MEAN, CLIP_STD)
         u8 = (seva_add_diffusion_noise(x, step) * s + m).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         A._save(u8[0], out / "images" / f"{i}.png")
 
@@ -97,7 +99,9 @@ def bench(work: Path, *, n: int, runs: int) -> list[dict]:
     sys.path.insert(0, str(Path(__file__).parent))
     from common import row, summary
 
-    from seva_tasks import augment as A
+    from seva_tasks.llava.images import CLIP_MEAN, CLIP_STD, load_rgb, normalize, square_tensor
+    from seva_tasks.llava.noise import add_diffusion_noise
+    from seva_tasks.stages import augment as A
 
     sample_dir = make_inputs(work, n)
     cfg = A.AugmentConfig(mode="pixel", image_size=336, noise_step=500)
@@ -111,10 +115,10 @@ def bench(work: Path, *, n: int, runs: int) -> list[dict]:
 
     stage_t, loop_t = _alternate(stage, loop, out, runs, "stage")
     root = sample_dir / "images"
-    x = torch.cat([A._normalize(A.square_tensor(A.load_rgb(root / p.relative_to(root)), 336, A.CLIP_MEAN)[None], A.CLIP_MEAN, A.CLIP_STD)
+    x = torch.cat([normalize(square_tensor(load_rgb(root / p.relative_to(root)), 336, CLIP_MEAN)[None], CLIP_MEAN, CLIP_STD)
                    for p in sorted(root.rglob("*.jpg"))])
     seeds = list(range(x.shape[0]))
-    noise_b, noise_l = _alternate(lambda: A.add_diffusion_noise(x, 500, seeds),
+    noise_b, noise_l = _alternate(lambda: add_diffusion_noise(x, 500, seeds),
                                   lambda: [seva_add_diffusion_noise(x[i : i + 1], 500) for i in range(x.shape[0])], None, max(runs, 3), "op")
     med = lambda v: summary(v)["median"]  # noqa: E731
     note = (f"{n} images 640x480 → 336x336, step 500, batch_size {cfg.batch_size}, torch threads {torch.get_num_threads()}; "

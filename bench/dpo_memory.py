@@ -33,7 +33,7 @@ def _pairs(out: Path, n: int) -> Path:
     """n toy pairs in the filter stage's format: true answer chosen, another record's answer rejected."""
     import polars as pl
 
-    from seva_tasks import filter as filter_stage
+    from seva_tasks.stages import filter as filter_stage
     from seva_tasks import toy
 
     cfg = toy.ToyConfig()
@@ -55,6 +55,7 @@ def _scaled_model(out: Path, hidden_size: int, layers: int) -> Path:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from seva_tasks import toy
+    from seva_tasks.llava.weights import checkpoint_names
 
     base = toy.model_dir(toy.ToyConfig())
     proc = AutoProcessor.from_pretrained(base)
@@ -64,7 +65,7 @@ def _scaled_model(out: Path, hidden_size: int, layers: int) -> Path:
     model = LlavaForConditionalGeneration(config).float()
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
-    save_file(toy._checkpoint_names(model.state_dict()), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(checkpoint_names(model.state_dict()), str(out / "model.safetensors"), metadata={"format": "pt"})
     proc.save_pretrained(out)
     for name in ("generation_config.json", "chat_template.jinja", "chat_template.json"):
         if (base / name).is_file() and not (out / name).is_file():
@@ -76,7 +77,7 @@ def child(variant: str, model: Path, pairs: Path, out: Path, steps: int) -> None
     """One measured run (in its own process)."""
     import torch
 
-    from seva_tasks import train
+    from seva_tasks.stages import train
 
     torch.set_num_threads(1)
     cfg = train.TrainConfig(model=model, precision="fp32", lora_r=8, lora_alpha=16, per_device_train_batch_size=4,

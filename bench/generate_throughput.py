@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _requests(n: int, path: Path) -> None:
     """n toy prompts over the toy images (cycled), alternating clean and exact-noise (step 500)."""
     from seva_tasks import toy
-    from seva_tasks.engines.prompts import conv_prompt
+    from seva_tasks.llava.prompts import conv_prompt
     from seva_tasks.engines.shards import write_requests
 
     cfg = toy.ToyConfig()

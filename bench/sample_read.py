@@ -27,7 +27,7 @@ PAPER = {"ocr_vqa": 4000, "textvqa": 8000}
 def run_seva(mix: str, root: str, data_dir: str, ocr: int, text: int) -> dict:
     from seva_tasks import pipeline
     from seva_tasks.config import PipelineConfig
-    from seva_tasks.sample import SampleConfig
+    from seva_tasks.stages.sample import SampleConfig
 
     t0 = time.perf_counter()
     cfg = PipelineConfig(data_dir=Path(data_dir), sample=SampleConfig(

@@ -101,7 +101,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 def cmd_score(ns: argparse.Namespace) -> int:
     from seva_tasks.benchmarks import score_file
     from seva_tasks.config import parse_overrides
-    from seva_tasks.judge import JudgeConfig
+    from seva_tasks.benchmarks.judge import JudgeConfig
 
     judge = parse_overrides(ns.judge)
     unknown = [k for k in judge if not k.startswith("judge.")]
@@ -115,7 +115,7 @@ def cmd_score(ns: argparse.Namespace) -> int:
 def cmd_inspect(ns: argparse.Namespace) -> int:
     from seva_tasks import pipeline
     from seva_tasks.config import load_config
-    from seva_tasks.filter import inspect_pairs
+    from seva_tasks.stages.filter import inspect_pairs
 
     preset, overrides = _split(ns.args)
     rows = {r["stage"]: r for r in pipeline.status(load_config(preset, overrides), "filter")}

@@ -24,14 +24,14 @@ CONFIGS = ROOT / "configs"
 
 
 # Stage configs live next to their stage's code; importing them is cheap (pydantic only).
-from seva_tasks.augment import AugmentConfig  # noqa: E402
-from seva_tasks.evaluate import EvaluateConfig  # noqa: E402
-from seva_tasks.filter import FilterConfig  # noqa: E402
-from seva_tasks.generate import GenerateConfig  # noqa: E402
-from seva_tasks.pretrain import PretrainConfig  # noqa: E402
-from seva_tasks.sample import SampleConfig  # noqa: E402
+from seva_tasks.stages.augment import AugmentConfig  # noqa: E402
+from seva_tasks.stages.evaluate import EvaluateConfig  # noqa: E402
+from seva_tasks.stages.filter import FilterConfig  # noqa: E402
+from seva_tasks.stages.generate import GenerateConfig  # noqa: E402
+from seva_tasks.stages.pretrain import PretrainConfig  # noqa: E402
+from seva_tasks.stages.sample import SampleConfig  # noqa: E402
 from seva_tasks.toy import ToyConfig  # noqa: E402
-from seva_tasks.train import TrainConfig  # noqa: E402
+from seva_tasks.stages.train import TrainConfig  # noqa: E402
 
 
 class PipelineConfig(BaseModel):

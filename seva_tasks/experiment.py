@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from seva_tasks.base import resolve
 from seva_tasks.config import load_config
 from seva_tasks.errors import ConfigError
-from seva_tasks.report import NAMES
-from seva_tasks.sample import reference_answers
+from seva_tasks.benchmarks.report import NAMES
+from seva_tasks.stages.sample import reference_answers
 
 
 class Setting(BaseModel):

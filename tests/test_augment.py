@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from seva_tasks import augment
-from seva_tasks.augment import REGISTRY, AugmentConfig, add_diffusion_noise, row_seed
+from seva_tasks.stages import augment
+from seva_tasks.llava.noise import add_diffusion_noise, row_seed
+from seva_tasks.stages.augment import REGISTRY, AugmentConfig
 
 
 def ddpm():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from seva_tasks.engines import EngineConfig, Output, Request
-from seva_tasks.engines.prompts import conv_prompt
+from seva_tasks.llava.prompts import conv_prompt
 from seva_tasks.engines.shards import done, read_requests, run_shard, write_requests
 
 
@@ -38,7 +38,7 @@ def test_conv_prompts_are_llava_strings():
 
 def test_chat_template_prompt_is_the_models_own(toy_model):
     from seva_tasks import toy
-    from seva_tasks.engines.prompts import prompt_builder
+    from seva_tasks.llava.prompts import prompt_builder
 
     # the toy's chat template is vicuna_v1, so all three renderings must agree
     q = "Who wrote this book?"
@@ -49,7 +49,7 @@ def test_chat_template_prompt_is_the_models_own(toy_model):
 def test_engine_noise_is_augments_recipe_on_the_models_pixels(step, toy_model, toy_image):
     import torch
 
-    from seva_tasks.augment import add_diffusion_noise
+    from seva_tasks.llava.noise import add_diffusion_noise
     from seva_tasks.engines.vision import ImagePrep
 
     prep = ImagePrep(toy_model)

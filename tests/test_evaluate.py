@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from seva_tasks import evaluate, toy
+from seva_tasks.stages import evaluate, toy
 from seva_tasks.benchmarks import write_toy_world
 from seva_tasks.errors import InputError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seva_tasks.filter import OUTPUT, SEVA_JSON, FilterConfig, drop_reason, inspect_pairs, normalize, run
+from seva_tasks.stages.filter import OUTPUT, SEVA_JSON, FilterConfig, drop_reason, inspect_pairs, normalize, run
 
 # (id, chosen, rejected, chosen_finish, rejected_finish): what the strict default does with each
 PAIRS = [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from seva_tasks.errors import StageError
-from seva_tasks.generate import OUTPUT, WORK, GenerateConfig, run
+from seva_tasks.stages.generate import OUTPUT, WORK, GenerateConfig, run
 
 SHARDS = 8  # 8 rows x 2 sides / shard_size 2
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from seva_tasks import judge as J
+from seva_tasks.benchmarks import judge as J
 from seva_tasks.benchmarks import Answer, mmbench, score_answers, score_file
 from seva_tasks.errors import ConfigError
 

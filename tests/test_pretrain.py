@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from seva_tasks import pipeline, pretrain, toy
 from seva_tasks.config import PipelineConfig
-from seva_tasks.pretrain import PretrainConfig
+from seva_tasks.stages.pretrain import PretrainConfig
 from seva_tasks.toy import ToyConfig
 
 # A short run on the two sources whose questions are learned first (book genres are told by the

@@ -34,10 +34,10 @@ import pytest
 from PIL import Image
 
 from seva_tasks import pipeline, serve, toy
-from seva_tasks.augment import AugmentConfig
+from seva_tasks.stages.augment import AugmentConfig
 from seva_tasks.config import ROOT, PipelineConfig, load_config
 from seva_tasks.errors import InputError, SevaError, StageError
-from seva_tasks.sample import OCR_SUFFIX, SampleConfig
+from seva_tasks.stages.sample import OCR_SUFFIX, SampleConfig
 from seva_tasks.store import MANIFEST, digest_dir
 
 OCR_Q = "<image>\nWho wrote this book?\n" + OCR_SUFFIX
@@ -583,7 +583,7 @@ def test_prefect_server_is_started_on_loopback(monkeypatch, tmp_path):
 
 
 def test_local_judge_server_is_started_on_loopback(monkeypatch, tmp_path):
-    from seva_tasks import judge
+    from seva_tasks.benchmarks import judge
 
     started = []
 

@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from seva_tasks import sample
+from seva_tasks.stages import sample
 from seva_tasks.errors import InputError
-from seva_tasks.sample import OCR_SUFFIX, SampleConfig
+from seva_tasks.stages.sample import OCR_SUFFIX, SampleConfig
 
 OCR_Q = "<image>\nWho wrote this book?\n" + OCR_SUFFIX
 

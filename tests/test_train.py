@@ -13,7 +13,7 @@ import pytest
 from seva_tasks import toy, train
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.toy import ToyConfig
-from seva_tasks.train import TrainConfig
+from seva_tasks.stages.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -64,7 +64,7 @@ def _write_pairs(d: Path, rows: list[dict]) -> Path:
     """pairs.parquet exactly as the filter stage writes it (datasets features in the schema)."""
     import polars as pl
 
-    from seva_tasks import filter as filter_stage
+    from seva_tasks.stages import filter as filter_stage
 
     d.mkdir(parents=True, exist_ok=True)
     schema = {"images": pl.List(pl.Struct({"bytes": pl.Binary, "path": pl.String})),

@@ -62,7 +62,7 @@ def score_file(benchmark: str, data_dir: Path, answers: Path, judge=None) -> dic
     `judge` may be a JudgeConfig (a client is opened and closed here) or a Judge. A malformed answer
     file raises InputError naming the file, line and reason.
     """
-    from seva_tasks.judge import Judge, JudgeConfig
+    from seva_tasks.benchmarks.judge import Judge, JudgeConfig
 
     mod = get(benchmark)
     parsed = read_answers(Path(answers))

@@ -38,7 +38,7 @@ def load(data_dir: Path) -> list[Question]:
 
 def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
     """`relative` (percent, mean over runs), `relative_std`, `<category>/relative`, `judge_failures`."""
-    from seva_tasks.judge import llava_bench_content, llava_bench_review, llava_bench_summary
+    from seva_tasks.benchmarks.judge import llava_bench_content, llava_bench_review, llava_bench_summary
 
     if judge is None:
         raise ConfigError("LLaVA-Bench is reviewed by an LLM judge. Serve one and pass e.g. "

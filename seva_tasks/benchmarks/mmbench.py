@@ -115,7 +115,7 @@ def can_infer(answer: str, choices: dict[str, str]) -> str | None:
 
 def _judge_extract(judge, r: dict, answer: str) -> str | None:
     """VLMEvalKit extract_answer_from_item: up to 3 asks; None when the judge never gives a usable letter."""
-    from seva_tasks.judge import JudgeCallFailed, mmbench_extract_prompt
+    from seva_tasks.benchmarks.judge import JudgeCallFailed, mmbench_extract_prompt
 
     content = [{"role": "user", "content": mmbench_extract_prompt(r["question"], options(r), answer)}]
     for _ in range(3):

@@ -47,7 +47,7 @@ def load(data_dir: Path) -> list[Question]:
 
 def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
     """`score` (percent, mean over judge runs), `score_std`, `cap/<capability>`, `judge_failures`."""
-    from seva_tasks.judge import mmvet_grade, mmvet_summary
+    from seva_tasks.benchmarks.judge import mmvet_grade, mmvet_summary
 
     if judge is None:
         raise ConfigError("MM-Vet is graded by an LLM judge. Serve one and pass e.g. "

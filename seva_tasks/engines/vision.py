@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seva_tasks.augment import add_diffusion_noise, expand2square, load_rgb
+from seva_tasks.llava.images import expand2square, load_rgb
+from seva_tasks.llava.noise import add_diffusion_noise
 
 if TYPE_CHECKING:
     import torch

@@ -34,16 +34,17 @@ from pathlib import Path
 
 from pydantic import Field
 
+from seva_tasks.artifacts import AUGMENTED, GENERATIONS, image_root
 from seva_tasks.base import resolve
 from seva_tasks.engines import EngineConfig
-from seva_tasks.engines.prompts import Template
+from seva_tasks.llava.prompts import Template
 from seva_tasks.errors import InputError, StageError
 from seva_tasks.progress import report
 
 VERSION = 1
 DEPS = ("augment",)
 RESUMABLE = True
-OUTPUT = "generations.parquet"
+OUTPUT = GENERATIONS
 DROPPED = "unanswered.parquet"  # sorts after generations.parquet (the flow previews the first)
 WORK = "_shards"
 SIDES = ("chosen", "rejected")
@@ -73,16 +74,13 @@ def fingerprint(cfg: GenerateConfig) -> dict:
 
 
 def _image_root(cfg: GenerateConfig, aug_dir: Path) -> Path:
-    """The clean images' root: configured, in augment's manifest, or the sample artifact's."""
+    """The clean images' root: configured, else the one augment's manifest records (from sample)."""
     if cfg.image_root is not None:
         return resolve(cfg.image_root)
-    manifest = json.loads((aug_dir / "manifest.json").read_text())
-    if root := manifest.get("stats", {}).get("image_root"):
-        return Path(root)
-    from seva_tasks.sample import image_root
-
-    sample_dir = aug_dir.parent.parent / "sample" / manifest["upstream"]["sample"]["key"]
-    return image_root(sample_dir)
+    if (root := image_root(aug_dir)) is None:
+        raise InputError(f"{aug_dir}: its manifest records no image_root. Set generate.image_root or rerun "
+                         "`seva run --until augment --refresh augment`.")
+    return root
 
 
 def _requests(df, aug_dir: Path, root: Path) -> list[dict]:
@@ -233,8 +231,7 @@ def run(cfg: GenerateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     """
     import polars as pl
 
-    from seva_tasks.augment import OUTPUT as AUGMENTED
-    from seva_tasks.engines.prompts import prompt_builder
+    from seva_tasks.llava.prompts import prompt_builder
 
     t0 = time.perf_counter()
     aug_dir = Path(inputs["augment"])

@@ -34,13 +34,14 @@ from typing import Literal
 
 from pydantic import Field
 
+from seva_tasks.artifacts import GENERATIONS, PAIRS, image_root
 from seva_tasks.base import StageConfig
 from seva_tasks.errors import InputError
 from seva_tasks.progress import track
 
 VERSION = 1
 DEPS = ("generate",)
-OUTPUT = "pairs.parquet"
+OUTPUT = PAIRS
 SEVA_JSON = "seva_pairs.json"
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _image_cell(path: Path, cfg: FilterConfig) -> dict:
         return {"bytes": None, "path": str(path)}
     if cfg.images == "original":
         return {"bytes": path.read_bytes(), "path": path.name}
-    from seva_tasks.augment import expand2square, load_rgb
+    from seva_tasks.llava.images import expand2square, load_rgb
 
     buf = io.BytesIO()
     expand2square(load_rgb(path), tuple(cfg.pad_color)).save(buf, format="PNG", compress_level=6)
@@ -180,15 +181,15 @@ def run(cfg: FilterConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     """
     import polars as pl
 
-    from seva_tasks.generate import OUTPUT as GENERATIONS
-
     t0 = time.perf_counter()
     gen_dir = Path(inputs["generate"])
     try:
         df = pl.read_parquet(gen_dir / GENERATIONS)
-        root = Path(json.loads((gen_dir / "manifest.json").read_text())["stats"]["image_root"])
-    except (OSError, KeyError, ValueError, pl.exceptions.PolarsError) as e:
+        root = image_root(gen_dir)
+    except (OSError, ValueError, pl.exceptions.PolarsError) as e:
         raise InputError(f"{gen_dir}: cannot read the generate output ({e}). Rerun `seva run --until generate`.") from e
+    if root is None:
+        raise InputError(f"{gen_dir}: its manifest records no image_root. Rerun `seva run --until generate`.")
     keep, chosen, rejected, drops = _filter(df, cfg)
     kept = df[keep].with_columns(chosen=pl.Series(chosen, dtype=pl.String), rejected=pl.Series(rejected, dtype=pl.String))
     kept = _downsample(kept, cfg, drops)

@@ -333,33 +333,11 @@ def merge(cfg: TrainConfig, out_dir: Path) -> None:
     model = PeftModel.from_pretrained(_load_model(cfg, "float32"), out_dir / "adapter").merge_and_unload()
     model.to(getattr(torch, cfg.merged_dtype)).save_pretrained(tmp)
     _load_processor(cfg).save_pretrained(tmp)
+    from seva_tasks.llava.weights import vllm_weight_names
+
     vllm_weight_names(tmp)
     shutil.rmtree(out_dir / "merged", ignore_errors=True)
     os.replace(tmp, out_dir / "merged")
-
-
-def vllm_weight_names(model_dir: Path) -> int:
-    """Rename `vision_tower.X` to `vision_tower.vision_model.X` in every safetensors file; returns renames."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    pattern = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
-    renamed = 0
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            keys = list(f.keys())
-            if not any(pattern.match(k) for k in keys):
-                continue
-            state = {pattern.sub(r"\1vision_model.", k): f.get_tensor(k) for k in keys}
-            meta = f.metadata() or {"format": "pt"}
-        renamed += sum(1 for k in keys if pattern.match(k))
-        save_file(state, str(path), metadata=meta)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        data = json.loads(index.read_text())
-        data["weight_map"] = {pattern.sub(r"\1vision_model.", k): v for k, v in data["weight_map"].items()}
-        index.write_text(json.dumps(data, indent=2))
-    return renamed
 
 
 # --------------------------------------------------------------------------------------------

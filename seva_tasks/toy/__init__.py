@@ -552,6 +552,8 @@ def _save_model(cfg: ToyConfig, texts: list[str], out: Path) -> None:
     from safetensors.torch import save_file
     from transformers import GenerationConfig, LlavaForConditionalGeneration
 
+    from seva_tasks.llava.weights import checkpoint_names
+
     tokenizer = _train_tokenizer(texts, cfg.vocab_size)
     tokenizer.chat_template = CHAT_TEMPLATE
     config = _llava_config(cfg, len(tokenizer))
@@ -562,26 +564,8 @@ def _save_model(cfg: ToyConfig, texts: list[str], out: Path) -> None:
     config.architectures = ["LlavaForConditionalGeneration"]  # vLLM picks its model class by this name
     config.save_pretrained(out)
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=3, do_sample=False).save_pretrained(out)
-    save_file(_checkpoint_names(model.state_dict()), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(checkpoint_names(model.state_dict()), str(out / "model.safetensors"), metadata={"format": "pt"})
     _processor(cfg, tokenizer).save_pretrained(out)
-
-
-def _checkpoint_names(state: dict) -> dict:
-    """The original llava-hf names, which both transformers and vLLM 0.32 load.
-
-    vLLM maps `model.vision_tower.*` to `vision_tower.*` and then needs `vision_model.` inside it;
-    transformers >= 5.19 drops that level, so write `vision_tower.vision_model.*` ourselves.
-    """
-    prefixes = {"model.vision_tower.": "vision_tower.vision_model.",
-                "model.multi_modal_projector.": "multi_modal_projector.",
-                "model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head."}
-    out = {}
-    for name, tensor in state.items():
-        new = next((to + name[len(fr):] for fr, to in prefixes.items() if name.startswith(fr)), None)
-        if new is None:
-            raise ValueError(f"Unexpected weight {name!r} in the tiny LLaVA; update _checkpoint_names.")
-        out[new] = tensor.detach().contiguous()
-    return out
 
 
 # --------------------------------------------------------------------------------------------

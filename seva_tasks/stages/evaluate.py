@@ -36,9 +36,9 @@ from pydantic import Field, field_validator
 from seva_tasks import benchmarks as B
 from seva_tasks.base import resolve
 from seva_tasks.engines import EngineConfig
-from seva_tasks.engines.prompts import Template
+from seva_tasks.llava.prompts import Template
 from seva_tasks.errors import InputError
-from seva_tasks.judge import Judge, JudgeConfig, local_vllm
+from seva_tasks.benchmarks.judge import Judge, JudgeConfig, local_vllm
 from seva_tasks.store import Store, canonical, stage_key
 
 VERSION = 1
@@ -141,8 +141,8 @@ def _requests(name: str, questions: list, build, images: Path) -> list[dict]:
 
 def _generate(cfg: EvaluateConfig, model: Path, todo: dict[str, list], work: Path) -> dict[str, list[dict]]:
     """Ask `model` every question of the `todo` benchmarks: one worker per max_new_tokens budget."""
-    from seva_tasks.engines.prompts import prompt_builder
-    from seva_tasks.generate import GenerateConfig, _run_workers, _write_shards
+    from seva_tasks.llava.prompts import prompt_builder
+    from seva_tasks.stages.generate import GenerateConfig, _run_workers, _write_shards
 
     build = prompt_builder(cfg.conv_template, model)
     jobs: dict[str, list[dict]] = {}
@@ -356,7 +356,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     Returns:
         Manifest stats: headline metric per benchmark and model, answers/scores keys, judge, seconds.
     """
-    from seva_tasks.report import write_report
+    from seva_tasks.benchmarks.report import write_report
 
     t0 = time.perf_counter()
     train_dir, filter_dir = Path(inputs["train"]), Path(inputs["filter"])

@@ -33,13 +33,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
+from seva_tasks.artifacts import AUGMENTED, UNLABELED, image_root
 from seva_tasks.base import StageConfig
+from seva_tasks.llava.images import CLIP_MEAN, CLIP_STD, load_rgb, normalize, square_tensor
+from seva_tasks.llava.noise import add_diffusion_noise, row_seed
 from seva_tasks.errors import InputError
 from seva_tasks.progress import track
 
@@ -49,9 +51,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 DEPS = ("sample",)
-OUTPUT = "augmented.parquet"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OUTPUT = AUGMENTED
 log = logging.getLogger(__name__)
 
 
@@ -78,110 +78,6 @@ class AugmentConfig(StageConfig):
         return v
 
 
-# --- SeVa's diffusion noise -------------------------------------------------------------------
-
-T = 1000  # diffusion steps
-
-
-@lru_cache(maxsize=1)
-def alphas_cumprod() -> torch.Tensor:
-    """ᾱ_t, t = 0..999, from SeVa's closed form.
-
-    Bitwise equal to diffusers' `DDPMScheduler(num_train_timesteps=1000, beta_schedule="sigmoid",
-    beta_start=1e-5, beta_end=5e-3).alphas_cumprod` (tests/test_augment.py checks it). Computed here
-    rather than imported because diffusers costs ~4 s to import and need not be installed where
-    generate rebuilds the noise (e.g. the engine env).
-    """
-    import torch
-
-    betas = torch.sigmoid(torch.linspace(-6, 6, T)) * (5e-3 - 1e-5) + 1e-5
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def row_seed(seed: int, row_id: str) -> int:
-    """A row's augmentation seed: a hash of (config seed, row id), independent of row order; < 2**63."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{row_id}".encode()).digest()[:8], "big") >> 1
-
-
-def add_diffusion_noise(x0: torch.Tensor, noise_step: int | Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
-    """SeVa's `add_diffusion_noise` on a batch [B, ...] with ε for row i drawn from `seeds[i]`.
-
-    This is what the generate stage calls in exact mode, on the `pixel_values` of the model's own
-    processor (pad-to-square, CLIP-normalized, as SeVa): `add_diffusion_noise(pv, row.noise_step,
-    [row.aug_seed])`. Row i's result does not depend on the other rows (batched == one by one).
-    """
-    import torch
-
-    steps = [noise_step] * len(seeds) if isinstance(noise_step, int) else list(noise_step)
-    if len(seeds) != x0.shape[0] or len(steps) != x0.shape[0]:
-        raise ValueError(f"need one seed and step per row: {x0.shape[0]} rows, {len(seeds)} seeds, {len(steps)} steps")
-    x = x0.float()
-    # ε is drawn on the CPU (same noise whatever device x lives on), into a contiguous buffer:
-    # randn(out=) fills in memory order, so a buffer with x's strides would permute the noise.
-    noise, gen = torch.empty(x.shape), torch.Generator()
-    for i, s in enumerate(seeds):  # the row's ε is fixed by its seed alone; the RNG cannot be shared
-        gen.manual_seed(s)
-        torch.randn(x.shape[1:], generator=gen, out=noise[i])
-    # DDPMScheduler.add_noise's arithmetic (√ᾱ·x0 + √(1−ᾱ)·ε, same float32 roundings; a test checks
-    # bitwise equality) done in place: add_noise allocates three batch-sized temporaries.
-    ab = alphas_cumprod()[torch.tensor(steps, dtype=torch.long)].view(-1, *[1] * (x.dim() - 1)).to(x.device)
-    out = torch.mul(x, ab**0.5)
-    return out.add_(noise.to(x.device).mul_((1 - ab) ** 0.5)).to(x0.dtype)
-
-
-def expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """LLaVA's pad-to-square: centre the image on a square of `background` colour."""
-    from PIL import Image
-
-    w, h = img.size
-    if w == h:
-        return img
-    out = Image.new(img.mode, (max(w, h),) * 2, background)
-    out.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
-    return out
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB the way LLaVA does (`convert("RGB")`), but scale 16-bit grey to 8 bits first."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # convert() would clip 16-bit values at 255
-            arr = np.asarray(im).astype(np.float32) / 257.0
-            im = Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), "L")
-        return im.convert("RGB")
-
-
-def square_tensor(img: Image.Image, size: int, mean: Sequence[float]) -> torch.Tensor:
-    """uint8 [3, size, size]: pad to square with the mean colour, bicubic resize (LLaVA's `pad` path)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    img = expand2square(img, tuple(int(m * 255) for m in mean)).resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
-
-
-def noised_pixel_values(image: Image.Image, *, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                        size: int = 336, noise_step: int, seed: int) -> torch.Tensor:
-    """[1, 3, size, size] float: `image` padded, resized, normalized and noised as SeVa, without a processor.
-
-    Prefer the model's own processor + `add_diffusion_noise` in generate; this is the same recipe for
-    code that has no processor (and what pixel mode renders before clipping).
-    """
-    x = _normalize(square_tensor(image, size, mean)[None], mean, std)
-    return add_diffusion_noise(x, noise_step, [seed])
-
-
-def _normalize(u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    import torch
-
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return (u8.float() / 255 - m) / s
-
-
 def _diffusion(cfg: AugmentConfig) -> Callable:
     """Pixel mode: noise a uint8 batch in normalized space, map back, clip, round."""
     import torch
@@ -189,7 +85,7 @@ def _diffusion(cfg: AugmentConfig) -> Callable:
     m, s = torch.tensor(cfg.image_mean).view(1, 3, 1, 1), torch.tensor(cfg.image_std).view(1, 3, 1, 1)
 
     def apply(batch: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        noisy = add_diffusion_noise(_normalize(batch, cfg.image_mean, cfg.image_std), cfg.noise_step, seeds)
+        noisy = add_diffusion_noise(normalize(batch, cfg.image_mean, cfg.image_std), cfg.noise_step, seeds)
         return (noisy * s + m).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
     return apply
@@ -321,7 +217,6 @@ def run(cfg: AugmentConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     """
     import polars as pl
 
-    from seva_tasks.sample import OUTPUT as UNLABELED, image_root
 
     t0 = time.perf_counter()
     src = Path(inputs["sample"]) / UNLABELED

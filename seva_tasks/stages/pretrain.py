@@ -182,7 +182,7 @@ def _pixels(image, size: int, mean) -> "Any":
     """uint8 [3, size, size] as the engines feed the model (pad to square with the mean colour, resize)."""
     from PIL import Image
 
-    from seva_tasks.augment import square_tensor
+    from seva_tasks.llava.images import square_tensor
 
     with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
         return square_tensor(im.convert("RGB"), size, mean)
@@ -285,11 +285,13 @@ def _save(model, base: Path, dst: Path) -> None:
     """The base directory's files (config, processor, tokenizer, chat template) + the trained weights."""
     from safetensors.torch import save_file
 
+    from seva_tasks.llava.weights import checkpoint_names
+
     dst.mkdir(parents=True)
     for p in sorted(base.iterdir()):
         if p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json":
             shutil.copy2(p, dst / p.name)
-    state = toy._checkpoint_names(model.float().state_dict())  # llava-hf names: vLLM 0.32 needs vision_model.
+    state = checkpoint_names(model.float().state_dict())  # llava-hf names: vLLM 0.32 needs vision_model.
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -370,7 +372,7 @@ def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8
     import torch
     from PIL import Image
 
-    from seva_tasks.augment import expand2square
+    from seva_tasks.llava.images import expand2square
 
     proc.tokenizer.padding_side = "left"
     size, mean = model.config.vision_config.image_size, proc.image_processor.image_mean

@@ -35,13 +35,14 @@ from typing import Any
 import msgspec
 from pydantic import Field, model_validator
 
+from seva_tasks.artifacts import UNLABELED
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
 from seva_tasks.progress import report, track
 
 VERSION = 1
 DEPS: tuple[str, ...] = ()
-OUTPUT = "unlabeled.parquet"
+OUTPUT = UNLABELED
 log = logging.getLogger(__name__)
 
 # SeVa's stripping rules (make_ocrvqa_data.py / make_textvqa_data.py); other subsets get textvqa's.
@@ -379,9 +380,3 @@ def _write(rows: list[tuple], path: Path):
     df.write_parquet(path, compression="zstd")
     return df
 
-
-def image_root(sample_dir: Path) -> Path:
-    """The absolute image root a published `sample` artifact's `image` column is relative to."""
-    import json
-
-    return Path(json.loads((Path(sample_dir) / "manifest.json").read_text())["stats"]["image_root"])

@@ -11,9 +11,11 @@ TORCH_CPU_INDEX ?=
 GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 export SEVA_ROOT := $(CURDIR)
 export HF_HUB_OFFLINE := 1
-export PREFECT_API_URL := http://127.0.0.1:$(PORT)/api
-export PREFECT_HOME := $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect's environment is set by seva itself (seva_tasks/serve.py): a `seva serve` on this port if
+# one answers, else a temporary server. No global PREFECT_API_URL, so nothing fails for want of a server.
+export SEVA_PREFECT_PORT := $(PORT)
+# Only for the Prefect CLI talking to the server `make run` started.
+SERVER_ENV := PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_HOME=$(CURDIR)/.prefect
 
 .PHONY: setup run test stop bench experiment lock clean-artifacts
 
@@ -40,7 +42,7 @@ endif
 # Main job: local Prefect server + worker on 127.0.0.1, then the `full` deployment on the toy world.
 run: setup
 	$(VENV)/bin/seva serve --background --port $(PORT)
-	$(VENV)/bin/prefect deployment run seva/full --watch
+	$(SERVER_ENV) $(VENV)/bin/prefect deployment run seva/full --watch
 	@$(VENV)/bin/seva status
 	@echo "Artifacts: $(CURDIR)/data/artifacts/<stage>/<key>/  (manifest.json in each)"
 	@echo "Prefect UI: http://127.0.0.1:$(PORT)   (stop the server and worker with: make stop)"

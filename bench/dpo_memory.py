@@ -56,10 +56,11 @@ def _scaled_model(out: Path, hidden_size: int, layers: int) -> Path:
 
     from seva_tasks import toy
     from seva_tasks.llava.weights import checkpoint_names
+    from seva_tasks.toy.model import llava_config
 
     base = toy.model_dir(toy.ToyConfig())
     proc = AutoProcessor.from_pretrained(base)
-    config = toy._llava_config(toy.ToyConfig(hidden_size=hidden_size, layers=layers), len(proc.tokenizer))
+    config = llava_config(toy.ToyConfig(hidden_size=hidden_size, layers=layers), len(proc.tokenizer))
     config.architectures = ["LlavaForConditionalGeneration"]
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).float()
@@ -80,20 +81,20 @@ def child(variant: str, model: Path, pairs: Path, out: Path, steps: int) -> None
     from seva_tasks.stages import train
 
     torch.set_num_threads(1)
-    cfg = train.TrainConfig(model=model, precision="fp32", lora_r=8, lora_alpha=16, per_device_train_batch_size=4,
+    cfg = train.TrainConfig(precision="fp32", lora_r=8, lora_alpha=16, per_device_train_batch_size=4,
                             repeat=1, max_steps=steps, max_length=None, learning_rate=1e-3, save_steps=10_000, seed=0)
-    processor = train._load_processor(cfg, for_training=True)
+    processor = train._load_processor(cfg, model, for_training=True)
     ds = train._load_pairs(pairs)
     args = train._dpo_config(cfg, out)
     args.save_strategy = "no"
-    model_ = train._load_model(cfg)
+    model_ = train.load_model(cfg, model)
     if variant == "load":
         return
     from trl import DPOTrainer
 
-    ref = train._load_model(cfg) if variant == "copy" else None
+    ref = train.load_model(cfg, model) if variant == "copy" else None
     trainer = DPOTrainer(model=model_, ref_model=ref, args=args, train_dataset=ds, processing_class=processor,
-                         peft_config=train._lora_config(cfg, model_))
+                         peft_config=train._lora_config(cfg, model_, model))
     assert (trainer.ref_model is None) == (variant == "adapter")
     trainer.train()
 

@@ -47,6 +47,7 @@ def run_once(checkout: Path) -> dict:
         shutil.rmtree(checkout / d, ignore_errors=True)
     (checkout / "data").mkdir()
     port = str(_free_port())
+    # A clean shell, as a new user's: `make run` and seva set Prefect up themselves (seva_tasks/serve.py).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEVA_", "VIRTUAL_ENV"))}
     make = ["make", "-o", ".venv/.installed", "-o", ".venv-vllm/.installed", f"PORT={port}"]
     t0 = time.perf_counter()

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-OCR_SUFFIX = "Answer the question using a single word or phrase."
+from seva_tasks.llava.prompts import SHORT_ANSWER as OCR_SUFFIX
+
 PAPER = {"ocr_vqa": 4000, "textvqa": 8000}
 
 

@@ -35,4 +35,9 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
 
 
 if __name__ == "__main__":
-    run_experiment()
+    # = `seva experiment`, in a fresh interpreter: Prefect reads its settings once, at import (done
+    # above), and seva_tasks/serve.py must set them up first.
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "seva_tasks.cli", "experiment", *sys.argv[1:]])

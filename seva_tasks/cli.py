@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,35 +27,36 @@ def _split(args: list[str]) -> tuple[str, list[str]]:
     return (presets[0] if presets else "toy"), [a for a in args if "=" in a]
 
 
-def _prefect_defaults() -> None:
-    """Project-local Prefect state; use the `seva serve` server if one runs, else an ephemeral one."""
+def _use_prefect() -> None:
+    """Before Prefect is imported: project-local state, and a `seva serve` server if one answers,
+    else a temporary one (seva_tasks/serve.py decides, for every entry point alike)."""
     from seva_tasks import serve
-    from seva_tasks.config import ROOT
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # slow on a busy 2-core box
-    if "PREFECT_API_URL" not in os.environ and serve.healthy(4200):
-        os.environ["PREFECT_API_URL"] = "http://127.0.0.1:4200/api"
+    url = serve.use_prefect()
+    if url:  # (a temporary server announces itself)
+        print(f"Prefect: runs go to the server at {url}", file=sys.stderr)
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    _prefect_defaults()
+    _use_prefect()
     from flows.seva import seva
+    from seva_tasks import serve
     from seva_tasks.config import parse_overrides
 
     preset, overrides = _split(ns.args)
-    refs = seva(config=preset, overrides=parse_overrides(overrides), until=ns.until, refresh=ns.refresh)
+    with serve.prefect_errors():
+        refs = seva(config=preset, overrides=parse_overrides(overrides), until=ns.until, refresh=ns.refresh)
     print(json.dumps(refs, indent=2))
     return 0
 
 
 def cmd_experiment(ns: argparse.Namespace) -> int:
-    _prefect_defaults()
+    _use_prefect()
     from flows.experiment import run_experiment
+    from seva_tasks import serve
 
-    print(run_experiment(spec=ns.spec))
+    with serve.prefect_errors():
+        print(run_experiment(spec=ns.spec))
     return 0
 
 
@@ -80,10 +80,12 @@ def cmd_status(ns: argparse.Namespace) -> int:
 def cmd_serve(ns: argparse.Namespace) -> int:
     from seva_tasks import serve
 
-    pids = serve.start(ns.port)
-    print(f"Prefect UI: http://127.0.0.1:{ns.port}   (server + worker pids: {pids})")
-    print("Run: prefect deployment run seva/full --watch   (with PREFECT_API_URL set as below)")
-    print(f"     export PREFECT_API_URL=http://127.0.0.1:{ns.port}/api")
+    port = serve.default_port() if ns.port is None else ns.port
+    pids = serve.start(port)
+    print(f"Prefect UI: http://127.0.0.1:{port}   (server + worker pids: {pids})")
+    found = "" if port == serve.default_port() else f" with SEVA_PREFECT_PORT={port} set"
+    print(f"`seva run` and `seva experiment` use this server{found}. Deployments:")
+    print(f"     PREFECT_API_URL={serve.api_url(port)} .venv/bin/prefect deployment run seva/full --watch")
     if ns.background:
         return 0
     try:
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_status)
 
     sv = sub.add_parser("serve", help="start a local Prefect server + worker serving prefect.yaml's deployments")
-    sv.add_argument("--port", type=int, default=4200)
+    sv.add_argument("--port", type=int, default=None, help="default: $SEVA_PREFECT_PORT, else 4200")
     sv.add_argument("--background", action="store_true", help="return once ready (stop with `seva stop`)")
     sv.set_defaults(fn=cmd_serve)
 

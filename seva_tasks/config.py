@@ -25,7 +25,7 @@ CONFIGS = ROOT / "configs"
 
 # Stage configs live next to their stage's code; importing them is cheap (pydantic only).
 from seva_tasks.stages.augment import AugmentConfig  # noqa: E402
-from seva_tasks.stages.evaluate import EvaluateConfig  # noqa: E402
+from seva_tasks.benchmarks.protocol import EvaluateConfig  # noqa: E402
 from seva_tasks.stages.filter import FilterConfig  # noqa: E402
 from seva_tasks.stages.generate import GenerateConfig  # noqa: E402
 from seva_tasks.stages.pretrain import PretrainConfig  # noqa: E402
@@ -41,6 +41,7 @@ class PipelineConfig(BaseModel):
 
     preset: str = Field("toy", description="Name of the preset this config came from (informational).")
     data_dir: Path = Field(Path("data"), description="Where artifacts live (`<data_dir>/artifacts`).")
+    model: Path | None = Field(None, description="The model this run starts from: a local llava-hf checkpoint directory (with `pretrain`, its input).")
     toy: ToyConfig | None = Field(None, description="Build the embedded toy world first (toy preset only).")
     pretrain: PretrainConfig | None = Field(None, description="Instruction-tune the toy model first (toy preset only).")
     sample: SampleConfig = Field(default_factory=SampleConfig)

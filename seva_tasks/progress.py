@@ -42,3 +42,15 @@ def track(items: Iterable[T], *, total: int | None = None, desc: str = "", every
             done += 1
             if total and (done % every == 0 or done == total):
                 report(desc, done, total)
+
+
+def trainer_callback(desc: str):
+    """A transformers `TrainerCallback` that reports the step counter (main process only) as `desc`."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                report(desc, state.global_step, state.max_steps)
+
+    return Progress()

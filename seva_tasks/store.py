@@ -1,7 +1,7 @@
 """Content-addressed stage artifacts: `data/artifacts/<stage>/<key>/` with `manifest.json` written last.
 
-key(stage) = sha256(stage name, canonical stage config, each upstream's (key, output digest), stage
-code version, external-input fingerprint). The output digest hashes the published files, so a forced
+key(stage) = sha256(stage name, canonical stage config, each upstream's (key, output digest), the digest
+of the stage's code (seva_tasks/fingerprint.py), external-input fingerprints (the model, data files)). The output digest hashes the published files, so a forced
 rerun that reproduces the same bytes leaves downstream keys unchanged (early cutoff, as DVC/Bazel).
 
 Publishing is atomic: a stage writes into `.<key>.partial/` under a per-key lock, the manifest goes
@@ -11,17 +11,17 @@ either wipes or (for resumable stages such as `generate`) continues from.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from seva_tasks.errors import StageError
 
@@ -35,10 +35,10 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
 
 
-def stage_key(stage: str, config: dict, upstream: dict[str, dict], version: int, external: Any = None) -> str:
-    """The cache key of one stage run; `upstream` maps name -> {"key", "digest"}."""
+def stage_key(stage: str, config: dict, upstream: dict[str, dict], code: Any, external: Any = None) -> str:
+    """The cache key of one stage run; `upstream` maps name -> {"key", "digest"}, `code` is the stage's code digest."""
     ups = {name: {"key": ref["key"], "digest": ref["digest"]} for name, ref in upstream.items()}
-    payload = canonical({"stage": stage, "config": config, "upstream": ups, "version": version, "external": external})
+    payload = canonical({"stage": stage, "config": config, "upstream": ups, "code": code, "external": external})
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -58,14 +58,42 @@ def digest_dir(path: Path) -> tuple[str, list[dict]]:
     return hashlib.sha256(canonical(files).encode()).hexdigest(), files
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temp file beside `path`, fsync it, then rename: readers see the old file or the whole new one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def publish_dir(partial: Path, final: Path) -> None:
+    """Rename `partial` to `final`; a replaced `final` is moved aside first and deleted last.
+
+    Each step is one rename, so readers see the old directory or the new one, never a mix; if the
+    last rename fails, the old directory is put back.
+    """
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+    try:
+        os.rename(partial, final)
+    except OSError:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class Store:
@@ -85,16 +113,10 @@ class Store:
         except FileNotFoundError:
             return None
 
-    @contextlib.contextmanager
-    def lock(self, stage: str, key: str) -> Iterator[None]:
-        """An exclusive per-key lock (flock: released by the kernel if the holder dies)."""
+    def lock(self, stage: str, key: str) -> FileLock:
+        """An exclusive per-key lock (flock underneath: released by the kernel if the holder dies)."""
         (self.root / stage).mkdir(parents=True, exist_ok=True)
-        with open(self.root / stage / f".{key}.lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return FileLock(self.root / stage / f".{key}.lock")
 
     def build(
         self,
@@ -108,7 +130,7 @@ class Store:
     ) -> dict:
         """Return the manifest for (stage, key), running `compute(out_dir) -> stats` if needed.
 
-        `record` (config, upstream, version) goes into the manifest. With `force`, an existing
+        `record` (config, upstream, code, model, external) goes into the manifest. With `force`, an existing
         artifact is rebuilt and replaced only once the new one is complete.
         """
         with self.lock(stage, key):
@@ -132,7 +154,7 @@ class Store:
                     "files": files,
                 }
                 write_json_atomic(partial / MANIFEST, manifest)
-                self._publish(partial, self.dir(stage, key))
+                publish_dir(partial, self.dir(stage, key))
             except OSError as e:
                 if e.errno not in _PUBLISH_ERRNOS:
                     raise
@@ -144,19 +166,3 @@ class Store:
                     f"The previous artifact (if any) is unchanged; free space or fix permissions and rerun."
                 ) from e
             return manifest
-
-    @staticmethod
-    def _publish(partial: Path, final: Path) -> None:
-        """Rename into place; a replaced artifact is moved aside first and deleted last."""
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.rename(final, old)
-        try:
-            os.rename(partial, final)
-        except OSError:
-            if old is not None:
-                os.rename(old, final)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from seva_tasks.benchmarks import (Answer, gqa, load_questions, mmbench, mme, pope, read_answers, score_answers,
-                                   score_file, seed, sqa, textvqa, vizwiz, write_toy_world)
+                                   score_file, seed, sqa, textvqa, vizwiz)
 from seva_tasks.benchmarks.vqa import normalize_answer, vqa_accuracy
 from seva_tasks.errors import ConfigError, InputError
+from seva_tasks.toy.benchmarks import write_toy_world
 
 SHORT = "\nAnswer the question using a single word or phrase."
 

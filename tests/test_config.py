@@ -35,6 +35,18 @@ def test_all_errors_reported_at_once_naming_each_key():
     assert "augment.noise_step" in msg  # out of range: T=1000 steps are 0..999
 
 
+def test_engine_settings_compose_under_each_stage():
+    cfg = load_config("toy", ["generate.engine.kind=hf", "evaluate.engine.max_model_len=2048", "model=/models/llava"])
+    assert (cfg.generate.engine.kind, cfg.evaluate.engine.kind) == ("hf", "vllm")
+    assert cfg.evaluate.engine.max_model_len == 2048 and str(cfg.model) == "/models/llava"
+    with pytest.raises(ConfigError) as e:
+        load_config("toy", ["generate.engine.knd=hf", "generate.model=x", "evaluate.engine.kind=tgi"])
+    msg = str(e.value)
+    assert "generate.engine.knd: unknown key 'knd'" in msg
+    assert "generate.model: unknown key 'model'" in msg  # the model is the run's input, not a stage setting
+    assert "evaluate.engine.kind" in msg and "'tgi'" in msg
+
+
 def test_malformed_override_and_unknown_preset():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["augment.noise_step"])

@@ -20,7 +20,6 @@ from seva_tasks import pipeline, serve
 from seva_tasks.config import ROOT, load_config
 
 pytestmark = pytest.mark.slow
-BASE = "evaluate-base"  # the base model's evaluation: its own task, keyed on the model and benchmarks
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -52,25 +51,27 @@ def _run(server, data_dir: Path, deployment: str = "seva/full", **params) -> dic
     flow_run_id = UUID.search(out.stdout).group(0)
     api = f"http://127.0.0.1:{port}/api"
     runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
-    return {r["name"]: r["state"]["name"] for r in runs if r["name"] in (*pipeline.STAGES, BASE)}
+    return {r["name"]: r["state"]["name"] for r in runs if r["name"] in pipeline.STAGES}
 
 
-def _answer_manifests(data: Path, evaluate_dir: Path, model: str) -> dict[str, float]:
-    """When each of a model's per-benchmark answer sets was built (unchanged = reused)."""
-    keys = json.loads((evaluate_dir / "manifest.json").read_text())["stats"]["answers"][model]
-    return {b: json.loads((data / "artifacts/answers" / k / "manifest.json").read_text())["timings"]["started"]
-            for b, k in keys.items()}
+def _published(data: Path, stage: str) -> list[Path]:
+    return [p for p in (data / "artifacts" / stage).iterdir() if (p / "manifest.json").is_file()]
 
 
 def test_full_deployment_caches_by_content(server, tmp_path):
     data = tmp_path / "data"
     stages = pipeline.stages_until(load_config("toy"), None)
     first = _run(server, data)
-    assert set(first) == {*stages, BASE}
+    assert set(first) == set(stages) and "baseline" in stages
     assert set(first.values()) == {"Completed"}
     for stage in stages:
-        published = [p for p in (data / "artifacts" / stage).iterdir() if (p / "manifest.json").is_file()]
-        assert len(published) == 1
+        assert len(_published(data, stage)) == 1
+    # The model is an input: every stage that loads one names pretrain's model dir and its fingerprint.
+    (pretrained,) = _published(data, "pretrain")
+    for stage in ("generate", "train", "baseline", "evaluate"):
+        (d,) = _published(data, stage)
+        model = json.loads((d / "manifest.json").read_text())["model"]
+        assert model["path"] == str(pretrained / "model") and len(model["fingerprint"]) == 64, (stage, model)
 
     port, _ = server
     found = httpx.post(f"http://127.0.0.1:{port}/api/artifacts/filter", json={}).json()
@@ -81,21 +82,15 @@ def test_full_deployment_caches_by_content(server, tmp_path):
 
     assert set(_run(server, data).values()) == {"Cached"}
 
-    # A training change reruns train and evaluate only; the base model's evaluation stays Cached.
-    evaluate_dirs = lambda: [p for p in (data / "artifacts/evaluate").iterdir() if (p / "manifest.json").is_file()]
-    (before,) = evaluate_dirs()
-    base_built = _answer_manifests(data, before, "base")
+    # A training change reruns train and evaluate only; the base model's evaluation (baseline) stays Cached.
+    (base_before,) = _published(data, "baseline")
     beta = _run(server, data, overrides={"train.beta": 0.2})
-    upstream = stages[: stages.index("train")]
-    assert all(beta[s] == "Cached" for s in upstream), beta
-    assert beta["train"] == beta["evaluate"] == "Completed", beta
-    assert beta[BASE] == "Cached", beta
-    (after,) = [p for p in evaluate_dirs() if p != before]
-    assert _answer_manifests(data, after, "base") == base_built
+    assert beta == {**{s: "Cached" for s in stages}, "train": "Completed", "evaluate": "Completed"}, beta
+    assert _published(data, "baseline") == [base_before] and len(_published(data, "evaluate")) == 2
 
     # Per-stage deployment: a changed augment setting reruns augment, not sample.
     changed = _run(server, data, "seva/augment", overrides={"augment.noise_step": 800})
-    assert changed == {**{s: "Cached" for s in stages[: stages.index("augment")]}, "augment": "Completed"}, changed
+    assert changed == {"sample": "Cached", "augment": "Completed"}, changed  # only what augment needs
 
     # A forced deterministic stage reproduces its bytes: everything downstream stays Cached.
     forced = _run(server, data, refresh=["sample"])

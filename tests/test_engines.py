@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seva_tasks.engines import EngineConfig, Output, Request
+from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec
 from seva_tasks.llava.prompts import conv_prompt
 from seva_tasks.engines.shards import done, read_requests, run_shard, write_requests
 
@@ -139,7 +139,7 @@ def test_hf_engine_greedy_batch_matches_batch_one(toy_model, toy_image):
 
     prompts = [conv_prompt(q, "llava_v1") for q in ("Who wrote this book?", "What is the genre of this book?")]
     reqs = [Request(f"r{i}", p, str(toy_image), *ns) for i, p in enumerate(prompts) for ns in ((None, None), (500, 3))]
-    one = HFEngine(EngineConfig(engine="hf", model=toy_model, dtype="float32", max_new_tokens=8)).generate(reqs)
-    four = HFEngine(EngineConfig(engine="hf", model=toy_model, dtype="float32", max_new_tokens=8, batch_size=4)).generate(reqs)
+    one = HFEngine(WorkerSpec(kind="hf", model=toy_model, dtype="float32", max_new_tokens=8)).generate(reqs)
+    four = HFEngine(WorkerSpec(kind="hf", model=toy_model, dtype="float32", max_new_tokens=8, batch_size=4)).generate(reqs)
     assert [o.token_ids for o in one] == [o.token_ids for o in four]
     assert all(o.finish_reason in ("stop", "length") and o.prompt_tokens > 16 for o in one)

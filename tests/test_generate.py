@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from seva_tasks.config import ROOT
+from seva_tasks.engines import EngineConfig
 from seva_tasks.errors import StageError
 from seva_tasks.stages.generate import OUTPUT, WORK, GenerateConfig, run
 
 SHARDS = 8  # 8 rows x 2 sides / shard_size 2
+MODEL = ROOT / "data" / "toy" / "model"  # the random tiny LLaVA (the toy world's base model)
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +38,16 @@ def augmented(tmp_path_factory) -> Path:
 
 
 def _cfg(**kw) -> GenerateConfig:
-    base = dict(engine="hf", model="data/toy/model", dtype="float32", max_new_tokens=16, max_model_len=512,
-                shard_size=2, kv_cache_memory_bytes=64 << 20)
-    return GenerateConfig(**{**base, **kw})
+    """The stage config with engine settings (kind, python, max_model_len, ...) given flat, as a shorthand."""
+    engine = {"kind": "hf", "dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 << 20}
+    engine.update({k: kw.pop(k) for k in list(kw) if k in EngineConfig.model_fields})
+    return GenerateConfig(**{"max_new_tokens": 16, "shard_size": 2, **kw, "engine": engine})
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(augmented, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("gen-hf")
-    return out, run(_cfg(), {"augment": augmented}, out)
+    return out, run(_cfg(), {"augment": augmented, "model": MODEL}, out)
 
 
 def _wait_for_results(out: Path, n: int, timeout: float = 300) -> None:
@@ -56,7 +60,7 @@ def _wait_for_results(out: Path, n: int, timeout: float = 300) -> None:
 
 
 def _assert_resumed(augmented: Path, out: Path, reference: Path) -> None:
-    stats = run(_cfg(), {"augment": augmented}, out)
+    stats = run(_cfg(), {"augment": augmented, "model": MODEL}, out)
     assert stats["shards_reused"] >= 2 and stats["shards_run"] == SHARDS - stats["shards_reused"] >= 1
     assert (out / OUTPUT).read_bytes() == (reference / OUTPUT).read_bytes()
     assert not (out / WORK).exists()
@@ -79,7 +83,7 @@ def test_generate_writes_both_answers_per_row(uninterrupted):
 
 def test_kill9_of_worker_is_a_stage_error_naming_the_shard_then_resumes(augmented, uninterrupted, tmp_path):
     errors: list[BaseException] = []
-    t = threading.Thread(target=lambda: errors.append(pytest.raises(StageError, run, _cfg(), {"augment": augmented}, tmp_path).value))
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(StageError, run, _cfg(), {"augment": augmented, "model": MODEL}, tmp_path).value))
     t.start()
     _wait_for_results(tmp_path, 2)
     os.kill(int((tmp_path / WORK / "worker-0.pid").read_text()), signal.SIGKILL)
@@ -90,8 +94,8 @@ def test_kill9_of_worker_is_a_stage_error_naming_the_shard_then_resumes(augmente
 
 
 def test_kill9_of_the_flow_resumes_only_unfinished_shards(augmented, uninterrupted, tmp_path):
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from test_generate import _cfg, run; "
-            f"run(_cfg(), {{'augment': Path({str(augmented)!r})}}, Path({str(tmp_path)!r}))")
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from test_generate import MODEL, _cfg, run; "
+            f"run(_cfg(), {{'augment': Path({str(augmented)!r}), 'model': MODEL}}, Path({str(tmp_path)!r}))")
     flow = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
     _wait_for_results(tmp_path, 2)
     flow.kill()
@@ -114,12 +118,12 @@ def test_worker_crash_is_a_stage_error_naming_the_shard(augmented, tmp_path):
     crash.write_text("#!/bin/sh\necho 'CUDA out of memory (simulated)' >&2\nexit 3\n")
     crash.chmod(0o755)
     with pytest.raises(StageError, match=r"exited with code 3 while on shard shard-00000 \(0/8(.|\n)*simulated"):
-        run(_cfg(python=crash), {"augment": augmented}, tmp_path / "out")
+        run(_cfg(python=crash), {"augment": augmented, "model": MODEL}, tmp_path / "out")
 
 
 def test_missing_engine_interpreter_is_a_stage_error(augmented, tmp_path):
     with pytest.raises(StageError, match="No engine interpreter at /nonexistent/python"):
-        run(_cfg(python="/nonexistent/python"), {"augment": augmented}, tmp_path)
+        run(_cfg(python="/nonexistent/python"), {"augment": augmented, "model": MODEL}, tmp_path)
 
 
 @pytest.mark.slow
@@ -127,7 +131,7 @@ def test_vllm_and_hf_greedy_agree_token_for_token(augmented, uninterrupted, tmp_
     """One vLLM start: clean images (PIL) and exact-noise rows (embeddings) against HF batch 1."""
     import polars as pl
 
-    stats = run(_cfg(engine="vllm", shard_size=8), {"augment": augmented}, tmp_path)
+    stats = run(_cfg(kind="vllm", shard_size=8), {"augment": augmented, "model": MODEL}, tmp_path)
     assert stats["engine"] == "vllm" and stats["shards_run"] == 2
     v = pl.read_parquet(tmp_path / OUTPUT)
     h = pl.read_parquet(uninterrupted[0] / OUTPUT)
@@ -143,7 +147,7 @@ def test_overlong_prompt_rows_are_dropped_with_reason_not_left_empty(augmented, 
 
     lengths = pl.read_parquet(uninterrupted[0] / OUTPUT)["prompt_tokens"]
     limit = int(lengths.max())  # rows whose prompt fills the context are dropped, the rest answered
-    stats = run(_cfg(max_model_len=limit, shard_size=16), {"augment": augmented}, tmp_path)
+    stats = run(_cfg(max_model_len=limit, shard_size=16), {"augment": augmented, "model": MODEL}, tmp_path)
     long = int((lengths >= limit).sum())
     assert 0 < long < 8 and stats["drops"] == {"prompt_too_long": long}
     dropped = pl.read_parquet(tmp_path / "unanswered.parquet")

@@ -9,15 +9,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported:
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from seva_tasks import pipeline, pretrain, toy
+from seva_tasks import pipeline, toy
 from seva_tasks.config import PipelineConfig
+from seva_tasks.llava.prompts import SHORT_ANSWER, SYSTEMS
+from seva_tasks.stages import pretrain
 from seva_tasks.stages.pretrain import PretrainConfig
-from seva_tasks.toy import ToyConfig
+from seva_tasks.toy import ToyConfig, heldout
+from seva_tasks.toy.scenes import COLORS, GENRES, SHAPES
 
 # A short run on the two sources whose questions are learned first (book genres are told by the
 # cover colour after ~300 steps; colours of small shapes take ~800). The preset trains longer.
@@ -26,8 +30,9 @@ HELD_OUT_SEED = 4242  # not the stage's seed: these scenes were never seen in tr
 N_HELD_OUT = 160  # 20 per question kind
 
 
-def _config(data_dir: Path, **pretrain_cfg) -> PipelineConfig:
-    return PipelineConfig(data_dir=data_dir, toy=ToyConfig(), pretrain=PretrainConfig(**pretrain_cfg))
+def _config(data_dir: Path, model: Path | None = None, **pretrain_cfg) -> PipelineConfig:
+    return PipelineConfig(data_dir=data_dir, toy=ToyConfig(), model=model or toy.model_dir(ToyConfig()),
+                          pretrain=PretrainConfig(**pretrain_cfg))
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,14 @@ def test_pretrain_key_follows_config_and_base_model(built, tmp_path):
     assert pipeline.key_for(cfg, "pretrain", {}) == ref["key"]
     other = _config(cfg.data_dir, **{**FAST, "steps": FAST["steps"] + 1})
     assert pipeline.key_for(other, "pretrain", {}) != ref["key"]
-    fp = pretrain.fingerprint(cfg.pretrain)
-    assert fp["model"]["model.safetensors"] == toy.world(ToyConfig())["files"]["model/model.safetensors"]
+    # The base model is an input by content: a byte-identical copy elsewhere keys the same, an edit does not.
+    copy = tmp_path / "model"
+    shutil.copytree(toy.model_dir(ToyConfig()), copy)
+    assert pipeline.key_for(_config(cfg.data_dir, copy, **FAST), "pretrain", {}) == ref["key"]
+    (copy / "generation_config.json").write_text((copy / "generation_config.json").read_text() + "\n")
+    assert pipeline.key_for(_config(cfg.data_dir, copy, **FAST), "pretrain", {}) != ref["key"]
+    manifest = json.loads((Path(ref["path"]) / "manifest.json").read_text())
+    assert manifest["model"]["path"] == str(toy.model_dir(ToyConfig()))
 
 
 def test_pretrain_publishes_a_full_model_dir_with_vllm_names(built):
@@ -76,19 +87,19 @@ def test_pretrain_publishes_a_full_model_dir_with_vllm_names(built):
     assert {k for k in names if ".embeddings." in k or ".layers.0." in k} <= changed
 
 
-VALID = {"color": set(toy.COLORS), "shape": set(toy.SHAPES), "count": {str(n) for n in range(10)}, "side": {"left", "right"},
-         "exists": {"yes", "no"}, "pope": {"yes", "no"}, "choice": set("abcd"), "genre": {g.lower() for g in toy.GENRES}}
+VALID = {"color": set(COLORS), "shape": set(SHAPES), "count": {str(n) for n in range(10)}, "side": {"left", "right"},
+         "exists": {"yes", "no"}, "pope": {"yes", "no"}, "choice": set("abcd"), "genre": {g.lower() for g in GENRES}}
 
 
 def test_pretrained_model_answers_held_out_questions_well_above_chance(built):
     _, ref = built
-    items = pretrain.heldout(HELD_OUT_SEED, N_HELD_OUT)
-    model, proc = pretrain.load(Path(ref["path"]) / "model")
-    answers = pretrain.ask(model, proc, items)
-    trained = pretrain.accuracy(model, proc, items)
-    base = pretrain.accuracy(*pretrain.load(toy.model_dir(ToyConfig())), items)
+    items = heldout.heldout(HELD_OUT_SEED, N_HELD_OUT)
+    model, proc = heldout.load(Path(ref["path"]) / "model")
+    answers = heldout.ask(model, proc, items)
+    trained = heldout.accuracy(model, proc, items)
+    base = heldout.accuracy(*heldout.load(toy.model_dir(ToyConfig())), items)
     print(f"\nheld-out accuracy\n  random base:  {base}\n  {FAST['steps']} steps:    {trained}\n"
-          f"  majority:     {pretrain.majority(items)}")
+          f"  majority:     {heldout.majority(items)}")
     assert base["all"] < 0.1  # random weights answer nothing right
     # Instruction-following: nearly every answer is one of its question's possible answers.
     in_format = [a.strip().rstrip(".").lower() in VALID[it["kind"]] for it, a in zip(items, answers)]
@@ -100,7 +111,7 @@ def test_manifest_records_counts_steps_and_losses(built):
     cfg, ref = built
     manifest = json.loads((Path(ref["path"]) / "manifest.json").read_text())
     stats = manifest["stats"]
-    assert stats["counts"]["mix_rows"] == toy.world(ToyConfig())["counts"]["rows"]
+    assert stats["counts"]["mix_rows"] == toy.manifest(ToyConfig())["counts"]["rows"]
     assert stats["counts"]["examples"] == stats["counts"]["mix_rows"] + sum(cfg.pretrain.extra.values())
     losses = [json.loads(line)["loss"] for line in (Path(ref["path"]) / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0] / 4
@@ -110,10 +121,10 @@ def test_held_out_scenes_are_not_training_scenes():
     cfg = PretrainConfig(extra={"gqa": 300, "ocr_vqa": 100})
     convs, _ = pretrain._conversations(cfg)
     train_images = {img for _, img in convs if isinstance(img, bytes)}
-    held = pretrain.heldout(HELD_OUT_SEED, 60)
-    assert len({k["kind"] for k in held}) == len(pretrain.HELDOUT_KINDS)
+    held = heldout.heldout(HELD_OUT_SEED, 60)
+    assert len({k["kind"] for k in held}) == len(heldout.HELDOUT_KINDS)
     for it in held:
-        suffix = "directly." if it["kind"] == "choice" else toy.SHORT
+        suffix = "directly." if it["kind"] == "choice" else SHORT_ANSWER
         assert it["answer"] and it["question"].endswith(suffix)
         buf = io.BytesIO()
         toy.render(it["scene"]).save(buf, format="JPEG", quality=95)
@@ -145,7 +156,7 @@ def test_encode_masks_everything_but_answers():
              {"from": "human", "value": "How many circles are there?"}, {"from": "gpt", "value": "2"}]
     ids, labels = pretrain._encode(turns, tok, 4, 16, True)
     text = tok.decode(ids)
-    assert text.startswith("<s>" + toy.SYSTEM + " USER: " + "<image>" * 16 + "\nWhat color is the circle? ASSISTANT: red</s>")
+    assert text.startswith("<s>" + SYSTEMS["vicuna_v1"] + " USER: " + "<image>" * 16 + "\nWhat color is the circle? ASSISTANT: red</s>")
     assert text.endswith("USER: How many circles are there? ASSISTANT: 2</s>")
     assert tok.decode([t for t in labels if t != -100]) == " red</s> 2</s>"
     prompt_ids = tok(toy.prompt("What color is the circle?")).input_ids  # what generation sees

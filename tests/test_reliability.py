@@ -312,7 +312,7 @@ FLOW_CHILD = textwrap.dedent(
                 if time.time() > deadline:
                     raise SystemExit(f"barrier timeout at {name}")
                 time.sleep(0.05)
-            mod = pipeline.module(name)
+            mod = pipeline.STAGES[name].module
             real = mod.run
 
             def counted(*a, **k):

@@ -20,7 +20,10 @@ from pydantic import ValidationError
 from seva_tasks import toy
 from seva_tasks.base import ROOT
 from seva_tasks.errors import ConfigError
+from seva_tasks.store import file_sha256
 from seva_tasks.toy import ToyConfig
+from seva_tasks.toy.mix import PREFIXES
+from seva_tasks.toy.scenes import COLORS, SHAPES
 
 ENGINE_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SMALL = {"books": 4, "signs": 4, "scenes": 2, "text_only": 2}
@@ -48,10 +51,10 @@ def _first_question(row: dict) -> str:
 def test_same_seed_gives_byte_identical_files(world, tmp_path):
     again = world.model_copy(update={"root": tmp_path / "again"})
     toy.ensure(again)
-    ours = {p.relative_to(toy.root_dir(again)).as_posix(): toy._sha256(p)
+    ours = {p.relative_to(toy.root_dir(again)).as_posix(): file_sha256(p)
             for p in toy.root_dir(again).rglob("*") if p.is_file()}
-    assert toy.world(again)["files"] == toy.world(world)["files"]
-    assert {k: v for k, v in ours.items() if k != toy.WORLD} == toy.world(again)["files"]  # manifest is honest
+    assert toy.manifest(again)["files"] == toy.manifest(world)["files"]
+    assert {k: v for k, v in ours.items() if k != toy.WORLD} == toy.manifest(again)["files"]  # manifest is honest
     assert (toy.root_dir(again) / toy.WORLD).read_bytes() == (toy.root_dir(world) / toy.WORLD).read_bytes()
 
 
@@ -67,8 +70,8 @@ def test_ensure_is_idempotent_and_instant(world):
 def test_other_seed_rebuilds_in_place(tmp_path):
     one = ToyConfig(root=tmp_path / "w", seed=1, **SMALL)
     two = one.model_copy(update={"seed": 2})
-    first = toy.world(one)
-    second = toy.world(two)
+    first = toy.manifest(one)
+    second = toy.manifest(two)
     assert second["identity"]["seed"] == 2
     assert first["digest"] != second["digest"]
     assert first["files"]["model/model.safetensors"] != second["files"]["model/model.safetensors"]
@@ -97,7 +100,7 @@ def test_config_rejects_shapes_vllm_cannot_run():
 
 def test_mix_has_the_llava_665k_schema_and_prefixes(world):
     rows = _rows(world)
-    assert len(rows) == toy.world(world)["counts"]["rows"]
+    assert len(rows) == toy.manifest(world)["counts"]["rows"]
     for row in rows:
         assert set(row) <= {"id", "image", "conversations"} and isinstance(row["id"], str)
         turns = row["conversations"]
@@ -108,7 +111,7 @@ def test_mix_has_the_llava_665k_schema_and_prefixes(world):
         if "image" in row:
             assert (toy.images_dir(world) / row["image"]).is_file()
     prefixes = {r["image"].rsplit("/", 1)[0] for r in rows if "image" in r}
-    assert prefixes == set(toy.PREFIXES.values())
+    assert prefixes == set(PREFIXES.values())
     assert sum("image" not in r for r in rows) == world.text_only
 
 
@@ -142,13 +145,13 @@ def test_answers_agree_with_the_scene_records(world):
 
 def test_scene_records_redraw_the_saved_images(world):
     scenes = toy.load_scenes(world)
-    assert {s["source"] for s in scenes} == set(toy.PREFIXES)
+    assert {s["source"] for s in scenes} == set(PREFIXES)
     for s in scenes[:: max(1, len(scenes) // 20)]:
         buf = io.BytesIO()
         toy.render(s).save(buf, format="JPEG", quality=95)
         assert buf.getvalue() == (toy.images_dir(world) / s["image"]).read_bytes()
         for o in s["objects"]:
-            assert o["shape"] in toy.SHAPES and o["color"] in toy.COLORS
+            assert o["shape"] in SHAPES and o["color"] in COLORS
             assert o["position"] in ("left", "right") and o["vertical"] in ("top", "bottom")
         assert s["caption"]
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from seva_tasks import toy, train
+from seva_tasks import toy
+from seva_tasks.stages import train
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.toy import ToyConfig
 from seva_tasks.stages.train import TrainConfig
@@ -81,11 +82,11 @@ def trained(tmp_path_factory, model_dir):
     """One uninterrupted `fit` + `merge` shared by the outcome tests (and the resume test's baseline)."""
     d = tmp_path_factory.mktemp("train")
     filt = _write_pairs(d / "filter", _rows())
-    cfg = TrainConfig(model=model_dir, **FAST)
+    cfg = TrainConfig(**FAST)
     out = d / "out"
     out.mkdir()
-    trainer = train.fit(cfg, filt / "pairs.parquet", out)
-    train.merge(cfg, out)
+    trainer = train.fit(cfg, model_dir, filt / "pairs.parquet", out)
+    train.merge(cfg, model_dir, out)
     return cfg, filt, out, trainer
 
 
@@ -153,7 +154,7 @@ def test_adapter_reloads_with_same_logits(trained, model_dir):
 
     cfg, _, out, trainer = trained
     batch = _batch(model_dir)
-    reloaded = PeftModel.from_pretrained(train._load_model(cfg), out / "adapter")
+    reloaded = PeftModel.from_pretrained(train.load_model(cfg, model_dir), out / "adapter")
     import torch
 
     assert torch.allclose(_logits(trainer.model, batch), _logits(reloaded, batch), atol=1e-5)
@@ -167,8 +168,8 @@ def test_merged_model_loads_in_transformers_with_adapter_logits(trained, model_d
     cfg, _, out, _ = trained
     batch = _batch(model_dir)
     merged = AutoModelForImageTextToText.from_pretrained(out / "merged")
-    peft = PeftModel.from_pretrained(train._load_model(cfg), out / "adapter")
-    base = train._load_model(cfg)
+    peft = PeftModel.from_pretrained(train.load_model(cfg, model_dir), out / "adapter")
+    base = train.load_model(cfg, model_dir)
     assert torch.allclose(_logits(merged, batch), _logits(peft, batch), atol=1e-4)
     assert not torch.allclose(_logits(merged, batch), _logits(base, batch), atol=1e-3)
     proc = AutoProcessor.from_pretrained(out / "merged")
@@ -177,12 +178,12 @@ def test_merged_model_loads_in_transformers_with_adapter_logits(trained, model_d
 
 ENGINES_SCRIPT = textwrap.dedent("""
     import json, sys
-    from seva_tasks.engines import EngineConfig, Request, make_engine
+    from seva_tasks.engines import Request, WorkerSpec, make_engine
     model, prompts = sys.argv[1], json.loads(sys.argv[2])
     reqs = [Request(req_id=str(i), prompt=p, image=img) for i, (p, img) in enumerate(prompts)]
     out = {}
     for engine in ("vllm", "hf"):
-        cfg = EngineConfig(engine=engine, model=model, dtype="float32", max_new_tokens=16, max_model_len=512,
+        cfg = WorkerSpec(kind=engine, model=model, dtype="float32", max_new_tokens=16, max_model_len=512,
                            kv_cache_memory_bytes=64 << 20, vllm_args={"enforce_eager": True})
         out[engine] = [o.token_ids for o in make_engine(cfg).generate(reqs)]
     print("RESULT " + json.dumps(out))
@@ -198,7 +199,7 @@ def test_merged_model_generates_with_vllm_like_transformers(trained, tmp_path):
 
     _, _, out, _ = trained
     prompts = [(toy.prompt(r["prompt"][0]["content"]), r["image_path"]) for r in _rows(2)]
-    env = worker_env(os.environ, EngineConfig(engine="vllm"))
+    env = worker_env(os.environ, EngineConfig(kind="vllm"))
     env["PYTHONPATH"] += f":{ROOT}"
     res = subprocess.run([str(VLLM_PYTHON), "-c", ENGINES_SCRIPT, str(out / "merged"), json.dumps(prompts)],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
@@ -210,7 +211,7 @@ def test_merged_model_generates_with_vllm_like_transformers(trained, tmp_path):
 # ---- resume ----
 
 
-def test_rerun_resumes_from_last_checkpoint_after_interruption(trained, tmp_path, monkeypatch):
+def test_rerun_resumes_from_last_checkpoint_after_interruption(trained, model_dir, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
     from trl import DPOTrainer
@@ -227,11 +228,11 @@ def test_rerun_resumes_from_last_checkpoint_after_interruption(trained, tmp_path
 
     monkeypatch.setattr(DPOTrainer, "_save_checkpoint", crash_after_step_4)
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, {"filter": filt}, out)
+        train.run(cfg, {"filter": filt, "model": model_dir}, out)
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     monkeypatch.setattr(DPOTrainer, "_save_checkpoint", original)
 
-    stats = train.run(cfg, {"filter": filt}, out)
+    stats = train.run(cfg, {"filter": filt, "model": model_dir}, out)
     assert stats["resumed_from_step"] == 4 and stats["counts"]["steps"] == 6
     assert [m["step"] for m in stats["metrics"]] == [1, 2, 3, 4, 5, 6]  # history restored from the checkpoint
     assert not (out / "checkpoints").exists() and (out / "merged" / "config.json").is_file()
@@ -250,26 +251,26 @@ def test_missing_columns_is_an_input_error(tmp_path, model_dir):
     filt.mkdir()
     pl.DataFrame([{k: v for k, v in r.items() if k != "rejected"} for r in _rows(2)]).write_parquet(filt / "pairs.parquet")
     with pytest.raises(InputError, match="lacks column.*rejected"):
-        train.run(TrainConfig(model=model_dir, **FAST), {"filter": filt}, tmp_path / "out")
+        train.run(TrainConfig(**FAST), {"filter": filt, "model": model_dir}, tmp_path / "out")
 
 
 def test_empty_pairs_is_an_input_error(tmp_path, model_dir):
     filt = _write_pairs(tmp_path / "filter", [])
     with pytest.raises(InputError, match="no pairs"):
-        train.run(TrainConfig(model=model_dir, **FAST), {"filter": filt}, tmp_path / "out")
+        train.run(TrainConfig(**FAST), {"filter": filt, "model": model_dir}, tmp_path / "out")
 
 
 def test_missing_base_model_is_an_input_error(tmp_path):
     filt = _write_pairs(tmp_path / "filter", _rows(1))
     with pytest.raises(InputError, match="Base model not found"):
-        train.run(TrainConfig(model=tmp_path / "nope", **FAST), {"filter": filt}, tmp_path / "out")
+        train.run(TrainConfig(**FAST), {"filter": filt, "model": tmp_path / "nope"}, tmp_path / "out")
 
 
 def test_max_length_that_cuts_image_tokens_is_a_config_error(tmp_path, model_dir):
     filt = _write_pairs(tmp_path / "filter", _rows(2))
-    cfg = TrainConfig(model=model_dir, **{**FAST, "max_length": ToyConfig().image_tokens + 4})
+    cfg = TrainConfig(**{**FAST, "max_length": ToyConfig().image_tokens + 4})
     with pytest.raises(ConfigError, match="would cut image tokens.*max_length >= "):
-        train.run(cfg, {"filter": filt}, tmp_path / "out")
+        train.run(cfg, {"filter": filt, "model": model_dir}, tmp_path / "out")
     assert not (tmp_path / "out" / "checkpoints").exists()  # refused before training
 
 
@@ -278,14 +279,14 @@ def test_image_token_in_the_question_is_an_input_error(tmp_path, model_dir):
     rows[1]["prompt"][0]["content"] = "<image>\n" + rows[1]["prompt"][0]["content"]
     filt = _write_pairs(tmp_path / "filter", rows)
     with pytest.raises(InputError, match="literal '<image>'.*pair 1"):
-        train.run(TrainConfig(model=model_dir, **FAST), {"filter": filt}, tmp_path / "out")
+        train.run(TrainConfig(**FAST), {"filter": filt, "model": model_dir}, tmp_path / "out")
 
 
 def test_lora_targets_that_match_nothing_are_a_config_error(tmp_path, model_dir):
     filt = _write_pairs(tmp_path / "filter", _rows(2))
-    cfg = TrainConfig(model=model_dir, **{**FAST, "lora_scope": "text_model", "modules_to_save": ["mm_projector"]})
+    cfg = TrainConfig(**{**FAST, "lora_scope": "text_model", "modules_to_save": ["mm_projector"]})
     with pytest.raises(ConfigError, match="match no module(.|\n)*no module named 'mm_projector'"):
-        train.run(cfg, {"filter": filt}, tmp_path / "out")
+        train.run(cfg, {"filter": filt, "model": model_dir}, tmp_path / "out")
 
 
 def test_pairs_with_image_paths_instead_of_bytes_load(tmp_path):
@@ -321,16 +322,16 @@ def test_zero3_accelerate_config_parses():
 
 @pytest.mark.slow
 def test_training_runs_under_accelerate_launch(tmp_path, model_dir):
-    """The multi-GPU path (`accelerate launch -m seva_tasks.train`), as one CPU process."""
+    """The multi-GPU path (`accelerate launch -m seva_tasks.stages.train`), as one CPU process."""
     acc = tmp_path / "cpu.yaml"
     acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\n"
                    "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
     filt = _write_pairs(tmp_path / "filter", _rows())
-    cfg = TrainConfig(model=model_dir, accelerate_config=acc, **{**FAST, "max_steps": 2})
+    cfg = TrainConfig(accelerate_config=acc, **{**FAST, "max_steps": 2})
     env_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        stats = train.run(cfg, {"filter": filt}, tmp_path / "out")
+        stats = train.run(cfg, {"filter": filt, "model": model_dir}, tmp_path / "out")
     finally:
         os.environ.pop("OMP_NUM_THREADS") if env_threads is None else os.environ.__setitem__("OMP_NUM_THREADS", env_threads)
     assert stats["processes"] == 1 and stats["counts"]["steps"] == 2 and stats["global_batch"] == 8

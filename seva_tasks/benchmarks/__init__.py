@@ -5,24 +5,30 @@ prompts LLaVA-1.5's scripts build, and score answers on the papers' scale.
 
 Each module (pope, mme, ...) satisfies `Benchmark`: NAME, DIR (its folder under
 playground/data/eval), MAX_NEW_TOKENS, `load(data_dir) -> [Question]`,
-`score(data_dir, answers, judge=None) -> Scored`, `write_toy(out_dir, scenes, rng_seed)`.
+`score(data_dir, answers, judge=None) -> Scored`, `write_toy(out_dir, scenes, rng_seed, render)`
+(the toy world's files in the same layout; `seva_tasks.toy.benchmarks` calls it, this package
+never imports the toy world).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
 from seva_tasks.benchmarks.common import Answer, Question, Scored, read_answers
+from seva_tasks.benchmarks.toyscenes import Render
 from seva_tasks.errors import ConfigError
 
 __all__ = ["BENCHMARKS", "Answer", "Benchmark", "Question", "Scored", "get", "load_questions", "read_answers",
-           "score_answers", "score_file", "write_toy_world"]
+           "score_answers", "score_file"]
 
-# `seva score` names, in the order papers list them.
-BENCHMARKS = ("pope", "mme", "gqa", "textvqa", "sqa", "seed", "mmbench", "vizwiz", "mmvet", "llava_bench")
+from seva_tasks.benchmarks import gqa, llava_bench, mmbench, mme, mmvet, pope, seed, sqa, textvqa, vizwiz  # noqa: E402
+
+# `seva score` names, in the order papers list them. Imported, not looked up by string: the stages'
+# code digests (seva_tasks/fingerprint.py) follow imports, so editing a scorer invalidates its scores.
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (pope, mme, gqa, textvqa, sqa, seed, mmbench, vizwiz, mmvet, llava_bench)}
+BENCHMARKS = tuple(MODULES)
 
 
 class Benchmark(Protocol):
@@ -32,14 +38,14 @@ class Benchmark(Protocol):
 
     def load(self, data_dir: Path) -> list[Question]: ...
     def score(self, data_dir: Path, answers: list[Answer], judge=None) -> Scored: ...
-    def write_toy(self, out_dir: Path, scenes: list[dict], rng_seed: int) -> None: ...
+    def write_toy(self, out_dir: Path, scenes: list[dict], rng_seed: int, render: Render) -> None: ...
 
 
 def get(name: str) -> ModuleType:
     """The benchmark module called `name` (a `seva score` name)."""
     if name not in BENCHMARKS:
         raise ConfigError(f"Unknown benchmark {name!r}. Known: {', '.join(BENCHMARKS)}.")
-    return importlib.import_module(f"seva_tasks.benchmarks.{name}")
+    return MODULES[name]
 
 
 def needs_judge(name: str) -> bool:
@@ -76,17 +82,4 @@ def score_file(benchmark: str, data_dir: Path, answers: Path, judge=None) -> dic
     out = {"benchmark": benchmark, "metrics": scored.metrics}
     if client is not None:
         out["judge"] = client.identity()
-    return out
-
-
-def write_toy_world(root: Path, seed: int, n_shapes: int = 24, n_signs: int = 8, n_books: int = 4) -> dict[str, Path]:
-    """Every benchmark in its real layout under `root/<DIR>` from held-out toy scenes; returns name -> dir."""
-    from seva_tasks.benchmarks import toyscenes
-
-    scenes = toyscenes.draw(n_shapes, n_signs, n_books, seed)
-    out = {}
-    for i, name in enumerate(BENCHMARKS):
-        mod = get(name)
-        mod.write_toy(Path(root) / mod.DIR, scenes, seed * 1000 + i)
-        out[name] = Path(root) / mod.DIR
     return out

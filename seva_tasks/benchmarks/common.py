@@ -14,10 +14,6 @@ from typing import Any
 
 from seva_tasks.errors import InputError
 
-# LLaVA-1.5's suffixes (docs/Evaluation.md; the `text` fields of the eval.zip question files).
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-OPTION_LETTER = "Answer with the option's letter from the given choices directly."
-
 
 @dataclass(frozen=True)
 class Question:

@@ -18,8 +18,9 @@ import random
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import (SHORT_ANSWER, Answer, Question, Scored, pair, pct,
+from seva_tasks.benchmarks.common import (Answer, Question, Scored, pair, pct,
                                           read_json, read_jsonl, row, write_json, write_jsonl)
+from seva_tasks.llava.prompts import SHORT_ANSWER
 
 NAME = "gqa"
 DIR = "gqa"
@@ -65,7 +66,7 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
 
 # ---------------------------------------------------------------------------- toy world
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """Per scene a colour question (open) and an existence question (binary, "verify")."""
     rng = random.Random(rng_seed)
     vocab = sorted({s for sc in scenes for s in toyscenes.object_names(sc)})
@@ -75,7 +76,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
         if not counts:
             continue
         image_id = f"n{100000 + i}"
-        toyscenes.save_image(scene, out_dir / "data" / "images" / f"{image_id}.jpg")
+        toyscenes.save_image(render(scene), out_dir / "data" / "images" / f"{image_id}.jpg")
         shape = rng.choice(sorted(counts))
         asked = rng.choice(vocab)
         qas = [(f"What color is the {shape}?", toyscenes.colors_of(scene, shape)[0], "query")]

@@ -339,7 +339,7 @@ def local_vllm(model: Path, python: Path, log_path: Path, *, served_name: str = 
     if "architectures" not in config and config.get("model_type") == "llava":
         # without it vLLM guesses `LlavaModel` and serves embeddings only (no chat route)
         cmd += ["--hf-overrides", json.dumps({"architectures": ["LlavaForConditionalGeneration"]})]
-    env = worker_env(dict(os.environ), EngineConfig(engine="vllm"))
+    env = worker_env(dict(os.environ), EngineConfig(kind="vllm"))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -67,12 +67,12 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
 
 # ---------------------------------------------------------------------------- toy world
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """Per scene a conv / detail / complex question in turn; the caption is both context and reference."""
     questions, context, refs = [], [], []
     for i, scene in enumerate(scenes):
         image = f"{i + 1:03d}.jpg"
-        toyscenes.save_image(scene, out_dir / "images" / image)
+        toyscenes.save_image(render(scene), out_dir / "images" / image)
         cap = toyscenes.caption(scene)
         cat = ("conv", "detail", "complex")[i % 3]
         text = {"conv": "What is shown in this picture?", "detail": "Describe the image in detail.",

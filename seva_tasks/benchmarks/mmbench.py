@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import OPTION_LETTER, Answer, Question, Scored, pair, pct, require, row
+from seva_tasks.benchmarks.common import Answer, Question, Scored, pair, pct, require, row
 from seva_tasks.errors import InputError
+from seva_tasks.llava.prompts import OPTION_LETTER
 
 NAME = "mmbench"
 DIR = "mmbench"
@@ -175,7 +176,7 @@ def _circular(tsv, questions, paired, letters, failed, judged) -> Scored:
 
 # ---------------------------------------------------------------------------- toy world
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """Shape questions with 2-4 options, each written once per rotation (the circular copies)."""
     rng = random.Random(rng_seed)
     vocab = sorted({s for sc in scenes for s in toyscenes.object_names(sc)})
@@ -188,7 +189,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
         opts = [rng.choice(names)] + rng.sample(absent, min(len(absent), rng.randint(1, 3)))
         rng.shuffle(opts)
         truth = next(o for o in opts if o in names)
-        image = base64.b64encode(toyscenes.image_bytes(scene)).decode()
+        image = base64.b64encode(toyscenes.jpeg_bytes(render(scene))).decode()
         hint = "Look at the shapes." if i % 3 == 0 else ""
         category = "object_localization" if i % 2 else "image_topic"
         for k in range(len(opts)):  # k-th rotation: options shifted left by k (model_vqa_mmbench.py)

@@ -21,9 +21,10 @@ import random
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import (SHORT_ANSWER, Answer, Question, Scored, pair, read_jsonl,
+from seva_tasks.benchmarks.common import (Answer, Question, Scored, pair, read_jsonl,
                                           require, row, write_jsonl)
 from seva_tasks.errors import InputError
+from seva_tasks.llava.prompts import SHORT_ANSWER
 
 NAME = "mme"
 DIR = "MME"
@@ -154,7 +155,7 @@ def _draw_sum(path: Path, a: int, b: int) -> None:
     img.save(path)
 
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """MME's layouts from toy scenes: OCR uses images/ + questions_answers_YN/, the rest side by side;
     numerical_calculation (cognition) gets its own drawn "a + b =" images."""
     rng = random.Random(rng_seed)
@@ -173,7 +174,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
 
     for i, scene in enumerate(scenes):
         for cat, qas in _pairs(scene, vocab, rng).items():
-            add(cat, f"{i:06d}", lambda p, s=scene: toyscenes.save_image(s, p), qas)
+            add(cat, f"{i:06d}", lambda p, s=scene: toyscenes.save_image(render(s), p), qas)
     for i in range(max(2, len(scenes) // 4)):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         add("numerical_calculation", f"{i:04d}", lambda p, a=a, b=b: _draw_sum(p, a, b),

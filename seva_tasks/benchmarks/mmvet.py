@@ -79,7 +79,7 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
 
 # ---------------------------------------------------------------------------- toy world
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """Recognition, OCR and counting-with-math items, some with <AND>/<OR> answers."""
     rng = random.Random(rng_seed)
     items, llava = {}, []
@@ -98,7 +98,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
         else:
             continue
         k = len(items)
-        toyscenes.save_image(scene, out_dir / "images" / f"v1_{k}.png")
+        toyscenes.save_image(render(scene), out_dir / "images" / f"v1_{k}.png")
         items[f"v1_{k}"] = {"imagename": f"v1_{k}.png", "question": qa[0], "answer": qa[1], "capability": qa[2]}
         llava.append({"image": f"v1_{k}.png", "text": qa[0], "category": "conv", "question_id": k})
     write_json(out_dir / "mm-vet.json", items)

@@ -19,9 +19,10 @@ import random
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import (SHORT_ANSWER, Answer, Question, Scored, pair, pct,
+from seva_tasks.benchmarks.common import (Answer, Question, Scored, pair, pct,
                                           read_jsonl, row, write_jsonl)
 from seva_tasks.errors import InputError
+from seva_tasks.llava.prompts import SHORT_ANSWER
 
 NAME = "pope"
 DIR = "pope"
@@ -119,7 +120,7 @@ def _negatives(split: str, present: set[str], vocab: list[str], freq: dict[str, 
     return sorted(absent, key=lambda o: (-sum(cooc[p].get(o, 0) for p in present), o))
 
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, per_image: int = 1) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render, per_image: int = 1) -> None:
     """POPE's files from toy scenes: per image `per_image` present and as many absent objects per split."""
     rng = random.Random(rng_seed)
     objs = [sorted(toyscenes.object_names(s)) for s in scenes]
@@ -127,7 +128,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, per_image: int =
     freq = {o: sum(o in names for names in objs) for o in vocab}
     cooc = {a: {b: sum(a in n and b in n for n in objs) for b in vocab if b != a} for a in vocab}
     for i, scene in enumerate(scenes):
-        toyscenes.save_image(scene, out_dir / "val2014" / f"COCO_val2014_{i + 1:012d}.jpg")
+        toyscenes.save_image(render(scene), out_dir / "val2014" / f"COCO_val2014_{i + 1:012d}.jpg")
     llava, counter = [], dict.fromkeys(SPLITS, 0)
     for split in SPLITS:
         labels = []

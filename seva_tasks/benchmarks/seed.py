@@ -19,8 +19,9 @@ import random
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import (OPTION_LETTER, Answer, Question, Scored, pair, pct, read_json,
+from seva_tasks.benchmarks.common import (Answer, Question, Scored, pair, pct, read_json,
                                           read_jsonl, row, write_json, write_jsonl)
+from seva_tasks.llava.prompts import OPTION_LETTER
 
 NAME = "seed"
 DIR = "seed_bench"
@@ -79,7 +80,7 @@ def _options(truth: str, pool: list[str], rng: random.Random) -> tuple[list[str]
     return opts, LETTERS[opts.index(truth)]
 
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """Two SEED dimensions on shape scenes: Instances Counting and Instance Attributes (colour)."""
     rng = random.Random(rng_seed)
     types = {"Instance Attributes": 2, "Instances Counting": 5}
@@ -89,7 +90,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
         if not counts:
             continue
         data_id = f"{1000000 + i}_{2000000000 + i}.jpg"
-        toyscenes.save_image(scene, out_dir / "SEED-Bench-image" / data_id)
+        toyscenes.save_image(render(scene), out_dir / "SEED-Bench-image" / data_id)
         shape = rng.choice(sorted(counts))
         if i % 2:
             truth = str(counts[shape])

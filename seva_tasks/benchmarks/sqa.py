@@ -23,8 +23,9 @@ import re
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import (OPTION_LETTER, Answer, Question, Scored, pair, pct,
+from seva_tasks.benchmarks.common import (Answer, Question, Scored, pair, pct,
                                           read_json, row, write_json)
+from seva_tasks.llava.prompts import OPTION_LETTER
 
 NAME = "sqa"
 DIR = "scienceqa"
@@ -99,7 +100,7 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
 
 # ---------------------------------------------------------------------------- toy world
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """Per scene an image question (which shape is shown) and every third scene a text-only one."""
     rng = random.Random(rng_seed)
     vocab = sorted({s for sc in scenes for s in toyscenes.object_names(sc)})
@@ -112,7 +113,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
             choices = [rng.choice(names)] + rng.sample(absent, min(len(absent), rng.randint(1, 3)))
             rng.shuffle(choices)
             correct = next(c for c in choices if c in names)
-            toyscenes.save_image(scene, out_dir / "images" / "test" / pid / "image.png")
+            toyscenes.save_image(render(scene), out_dir / "images" / "test" / pid / "image.png")
             problems[pid] = {"question": "Which shape is in the picture?", "choices": choices,
                              "answer": choices.index(correct), "hint": "Look at the picture." if i % 2 else "",
                              "image": "image.png", "subject": "natural science", "split": "test"}

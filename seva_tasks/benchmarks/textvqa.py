@@ -22,10 +22,11 @@ import re
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import (SHORT_ANSWER, Answer, Question, Scored, pair, pct,
+from seva_tasks.benchmarks.common import (Answer, Question, Scored, pair, pct,
                                           read_json, read_jsonl, row, write_json, write_jsonl)
 from seva_tasks.benchmarks.vqa import normalize_answer, vqa_accuracy
 from seva_tasks.errors import InputError
+from seva_tasks.llava.prompts import SHORT_ANSWER
 
 NAME = "textvqa"
 DIR = "textvqa"
@@ -91,7 +92,7 @@ def _human_answers(truth: str, rng: random.Random) -> list[str]:
     return [rng.choice(variants) for _ in range(10 - n_wrong)] + [rng.choice(wrong) for _ in range(n_wrong)]
 
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """One OCR question per scene with rendered text (LLaVA's OCR-token prompt, tokens = the words)."""
     rng = random.Random(rng_seed)
     data, llava = [], []
@@ -100,7 +101,7 @@ def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
         if not text:
             continue
         image_id = f"{i:016x}"
-        toyscenes.save_image(scene, out_dir / "train_images" / f"{image_id}.jpg")
+        toyscenes.save_image(render(scene), out_dir / "train_images" / f"{image_id}.jpg")
         question = "What is written in the image?"
         data.append({"image_id": image_id, "question_id": len(data), "question": question,
                      "answers": _human_answers(text, rng), "image_classes": [], "set_name": "val"})

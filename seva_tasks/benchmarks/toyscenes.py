@@ -1,45 +1,36 @@
 """The few facts the benchmark writers read from a toy scene, in one place.
 
-Scenes are `seva_tasks.toy.random_scene` records: `objects` [{shape, color, box, position
-(left|right), vertical (top|bottom)}], `sign` {text, color} or None, `book` {title, author, genre}
-or None, `caption`; `toy.render(scene)` draws one. A change to that record touches only this file.
+Scenes are the toy world's records (`seva_tasks.toy.scenes.random_scene`): `objects` [{shape, color,
+box, position (left|right), vertical (top|bottom)}], `sign` {text, color} or None, `book` {title,
+author, genre} or None, `caption`. The toy world passes its `render(scene) -> PIL image` to each
+`write_toy`, so this package never imports the toy world. A change to the record touches only this file.
 """
 
 from __future__ import annotations
 
-import random
+import io
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-COLORS = ("red", "green", "blue", "yellow", "purple", "orange")  # toy.COLORS' names
+if TYPE_CHECKING:
+    from PIL import Image
 
-
-def draw(n_shapes: int, n_signs: int, n_books: int, seed: int) -> list[dict]:
-    """Held-out scenes for the benchmarks (their own seed stream, so training scenes never repeat)."""
-    from seva_tasks import toy
-
-    rng = random.Random(f"{seed}:benchmarks")
-    kinds = ["shapes"] * n_shapes + ["sign"] * n_signs + ["book"] * n_books
-    return [toy.random_scene(rng, kind, f"bench/{i:05d}.jpg") for i, kind in enumerate(kinds)]
+Render = Callable[[dict], "Image.Image"]  # the toy world's scene -> image
+COLORS = ("red", "green", "blue", "yellow", "purple", "orange")  # the toy scenes' colour names
 
 
-def save_image(scene: dict, dst: Path) -> None:
-    """Render the scene to `dst` (format from the suffix, as the real benchmark stores it)."""
-    from seva_tasks import toy
-
+def save_image(image: Image.Image, dst: Path) -> None:
+    """Save a rendered scene to `dst` (format from the suffix, as the real benchmark stores it)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    img = toy.render(scene)
-    img.save(dst, **({"quality": 95} if dst.suffix.lower() in (".jpg", ".jpeg") else {}))
+    image.save(dst, **({"quality": 95} if dst.suffix.lower() in (".jpg", ".jpeg") else {}))
 
 
-def image_bytes(scene: dict) -> bytes:
-    """The rendered scene as JPEG bytes (MMBench keeps images base64 in its TSV)."""
-    import io
-
-    from seva_tasks import toy
-
+def jpeg_bytes(image: Image.Image) -> bytes:
+    """A rendered scene as JPEG bytes (MMBench keeps images base64 in its TSV)."""
     buf = io.BytesIO()
-    toy.render(scene).save(buf, format="JPEG", quality=95)
+    image.save(buf, format="JPEG", quality=95)
     return buf.getvalue()
 
 
@@ -61,7 +52,7 @@ def colors_of(scene: dict, shape: str) -> list[str]:
 
 
 def position_of(obj: dict) -> str:
-    return obj["position"]  # 'left' or 'right' of the image centre (toy._place)
+    return obj["position"]  # 'left' or 'right' of the image centre
 
 
 def text(scene: dict) -> str | None:

@@ -21,9 +21,10 @@ import random
 from pathlib import Path
 
 from seva_tasks.benchmarks import toyscenes
-from seva_tasks.benchmarks.common import (SHORT_ANSWER, Answer, Question, Scored, pair, pct,
+from seva_tasks.benchmarks.common import (Answer, Question, Scored, pair, pct,
                                           read_json, read_jsonl, row, write_json, write_jsonl)
 from seva_tasks.benchmarks.vqa import normalize_answer, vqa_accuracy
+from seva_tasks.llava.prompts import SHORT_ANSWER
 
 NAME = "vizwiz"
 DIR = "vizwiz"
@@ -68,14 +69,14 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
 
 # ---------------------------------------------------------------------------- toy world
 
-def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int) -> None:
+def write_toy(out_dir: Path, scenes: list[dict], rng_seed: int, render: toyscenes.Render) -> None:
     """Per scene one counting question (number) and, for every fourth scene, an unanswerable one."""
     rng = random.Random(rng_seed)
     val = []
     for i, scene in enumerate(scenes):
         counts = toyscenes.shape_counts(scene)
         image = f"VizWiz_val_{i:08d}.jpg"
-        toyscenes.save_image(scene, out_dir / "val" / image)
+        toyscenes.save_image(render(scene), out_dir / "val" / image)
         if counts and i % 4:
             shape = rng.choice(sorted(counts))
             truth, kind = str(counts[shape]), "number"

@@ -3,8 +3,9 @@
     vllm  seva_tasks/engines/vllm_worker.py   vllm.LLM(...).generate, large batches (default)
     hf    seva_tasks/engines/hf.py            transformers generate; batch 1 is SeVa's own path
 
-`shards.run_shards(jobs, cfg)` loads one engine and turns request shards (Parquet) into result shards;
-`python -m seva_tasks.engines.vllm_worker SPEC.json` runs it under the engine env's interpreter.
+`shards.run_shards(jobs, spec)` loads one engine and turns request shards (Parquet) into result shards;
+`python -m seva_tasks.engines.vllm_worker SPEC.json` runs it under the engine env's interpreter, and
+`pool.run_workers` starts those processes (one per GPU group) and waits for them.
 This package is imported by that interpreter too, so it imports only what `.venv-vllm` has:
 pydantic, pyarrow, numpy, PIL, torch, transformers (never polars, prefect, diffusers, torchvision).
 """
@@ -21,15 +22,13 @@ from seva_tasks.base import StageConfig
 
 
 class EngineConfig(StageConfig):
-    """What a worker needs to load the model and decode: the engine part of `GenerateConfig`.
+    """How answers are generated: `generate.engine.*` and `evaluate.engine.*` (the model is an input, not a setting).
 
-    Args: see each field's description. Defaults are the paper's (llava-1.5-7b, greedy, 512 tokens).
+    Args: see each field's description. Defaults are the paper's (greedy decoding, one worker).
     """
 
-    engine: Literal["vllm", "hf"] = Field("vllm", description="'vllm' (batched multimodal engine, default) or 'hf' (transformers generate, the reference).")
-    model: Path = Field(Path("data/models/llava-1.5-7b-hf"), description="Local model directory in llava-hf format (never a hub id: runs are offline).")
+    kind: Literal["vllm", "hf"] = Field("vllm", description="'vllm' (batched multimodal engine, default) or 'hf' (transformers generate, the reference).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights/activations dtype (paper: float16; float32 for exact vLLM/HF agreement).")
-    max_new_tokens: int = Field(512, ge=1, description="Generated tokens per answer at most (paper: 512).")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy (paper); > 0 samples, seeded by `seed`.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (ignored when greedy).")
     seed: int = Field(0, description="Sampling seed (greedy decoding does not use it).")
@@ -42,6 +41,15 @@ class EngineConfig(StageConfig):
     max_num_seqs: int | None = Field(None, ge=1, description="vllm: sequences decoded together at most (None: vLLM's default).")
     trust_remote_code: bool = Field(False, description="Allow model code from the model directory (off: llava-hf needs none).")
     vllm_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for vllm.LLM (e.g. enforce_eager: true).")
+    gpus: list[str] = Field(default_factory=list, description="GPU ids; one worker per tensor_parallel_size of them (empty: one worker, inherited devices).")
+    python: Path | None = Field(None, description="Worker interpreter; default .venv-vllm/bin/python for vllm, this interpreter for hf.")
+
+
+class WorkerSpec(EngineConfig):
+    """What one worker loads: the engine settings plus the model it was handed and the answer budget."""
+
+    model: Path = Field(description="Local model directory in llava-hf format (never a hub id: runs are offline).")
+    max_new_tokens: int = Field(ge=1, description="Generated tokens per answer at most.")
 
 
 @dataclass
@@ -77,9 +85,9 @@ class Engine(Protocol):
         """Answers in request order; may raise for a whole batch (the runner then splits it)."""
 
 
-def make_engine(cfg: EngineConfig, *, embeds: bool = False) -> Engine:
-    """Load the engine named by `cfg.engine` (`embeds`: some requests need exact-noise embeddings)."""
-    if cfg.engine == "vllm":
+def make_engine(cfg: WorkerSpec, *, embeds: bool = False) -> Engine:
+    """Load the engine named by `cfg.kind` (`embeds`: some requests need exact-noise embeddings)."""
+    if cfg.kind == "vllm":
         from seva_tasks.engines.vllm_worker import VllmEngine
 
         return VllmEngine(cfg, embeds=embeds)

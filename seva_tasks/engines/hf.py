@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from seva_tasks.base import resolve
-from seva_tasks.engines import EngineConfig, Output, Request
+from seva_tasks.engines import Output, Request, WorkerSpec
 from seva_tasks.engines.vision import ImagePrep, resolve_dtype
 
 
@@ -24,7 +24,7 @@ class HFEngine:
 
     row_errors: tuple[type[BaseException], ...] = (OSError,)  # an unreadable image
 
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: WorkerSpec):
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 

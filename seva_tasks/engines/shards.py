@@ -14,14 +14,13 @@ nonzero and the stage names the shard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
-from seva_tasks.engines import Engine, EngineConfig, Output, Request, make_engine
+from seva_tasks.engines import Engine, EngineConfig, Output, Request, WorkerSpec, make_engine
+from seva_tasks.store import file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 META_KEY = b"seva"
@@ -38,19 +37,10 @@ def _schemas():
     return requests, results
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _write_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def write_requests(rows: list[dict], path: Path) -> None:
@@ -75,7 +65,7 @@ def done(request_path: Path, result_path: Path) -> dict | None:
         meta = json.loads(pq.read_schema(result_path).metadata[META_KEY])
     except (OSError, KeyError, TypeError, ValueError):
         return None
-    return meta["stats"] if meta.get("request_sha256") == sha256(request_path) else None
+    return meta["stats"] if meta.get("request_sha256") == file_sha256(request_path) else None
 
 
 def _checked(engine: Engine, reqs: list[Request], max_model_len: int) -> list[Output]:
@@ -117,7 +107,7 @@ def run_shard(request_path: Path, result_path: Path, engine_cfg: EngineConfig, e
 
     Args:
         request_path: a shard written by `write_requests`. result_path: where the result goes.
-        engine_cfg: the engine settings. engine: an already loaded engine (else one is loaded).
+        engine_cfg: the engine settings (a WorkerSpec when `engine` is None: one is loaded from it).
     Returns:
         rows, answered, dropped, prompt_tokens, gen_tokens, seconds, gen_tokens_per_s.
     """
@@ -137,13 +127,13 @@ def run_shard(request_path: Path, result_path: Path, engine_cfg: EngineConfig, e
     _, schema = _schemas()
     rows = [{"req_id": o.req_id, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
              "prompt_tokens": o.prompt_tokens, "gen_tokens": len(o.token_ids), "error": o.error} for o in outs]
-    meta = {"request_sha256": sha256(request_path), "stats": stats, "engine": engine_cfg.engine}
+    meta = {"request_sha256": file_sha256(request_path), "stats": stats, "engine": engine_cfg.kind}
     table = pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata({META_KEY: json.dumps(meta)})
     _write_atomic(table, result_path)
     return stats
 
 
-def run_shards(jobs: list[dict], engine_cfg: EngineConfig, *, embeds: bool = False) -> list[dict]:
+def run_shards(jobs: list[dict], engine_cfg: WorkerSpec, *, embeds: bool = False) -> list[dict]:
     """Run every unfinished job ({"shard", "requests", "results"}) with one engine, in order."""
     todo = [j for j in jobs if done(Path(j["requests"]), Path(j["results"])) is None]
     log.info("%d of %d shards to generate (%d already done)", len(todo), len(jobs), len(jobs) - len(todo))
@@ -151,7 +141,7 @@ def run_shards(jobs: list[dict], engine_cfg: EngineConfig, *, embeds: bool = Fal
         return []
     t0 = time.perf_counter()
     engine = make_engine(engine_cfg, embeds=embeds)
-    log.info("Engine %s loaded in %.1f s", engine_cfg.engine, time.perf_counter() - t0)
+    log.info("Engine %s loaded in %.1f s", engine_cfg.kind, time.perf_counter() - t0)
     stats = []
     for job in todo:
         s = run_shard(Path(job["requests"]), Path(job["results"]), engine_cfg, engine)

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seva_tasks.llava.images import expand2square, load_rgb
+from seva_tasks.llava.images import load_rgb, normalize, pad_and_resize
 from seva_tasks.llava.noise import add_diffusion_noise
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ class ImagePrep:
 
         img, s = load_rgb(Path(path)), self.size
         if self.pad:
-            img = expand2square(img, tuple(int(m * 255) for m in self.mean))
-            return img if img.size == (s, s) else img.resize((s, s), Image.BICUBIC)
+            return pad_and_resize(img, s, self.mean)
         w, h = img.size  # CLIPImageProcessor: shortest edge -> s, then the centre s x s
         w2, h2 = (s, max(s, round(h * s / w))) if w <= h else (max(s, round(w * s / h)), s)
         img = img.resize((w2, h2), Image.BICUBIC)
@@ -57,8 +56,7 @@ class ImagePrep:
         import torch
 
         u8 = torch.from_numpy(np.array(self.square(path), dtype=np.uint8)).permute(2, 0, 1)[None]
-        m, s = torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1)
-        return (u8.float() / 255 - m) / s
+        return normalize(u8, self.mean, self.std)
 
     def noised(self, path: str | Path, noise_step: int, seed: int) -> torch.Tensor:
         return add_diffusion_noise(self.pixel_values(path), noise_step, [seed])

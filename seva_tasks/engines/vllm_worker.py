@@ -2,7 +2,7 @@
 
     .venv-vllm/bin/python -m seva_tasks.engines.vllm_worker SPEC.json
 
-SPEC.json = {"engine": EngineConfig fields, "embeds": bool, "jobs": [{"shard", "requests", "results"}]}.
+SPEC.json = {"engine": WorkerSpec fields (EngineConfig + model + max_new_tokens), "embeds": bool, "jobs": [{"shard", "requests", "results"}]}.
 The worker loads the engine once (vLLM starts in 10-25 s on CPU) and runs the shards in order,
 publishing each result shard atomically as it finishes; shards already finished are skipped. It is
 started by `seva_tasks.generate` with the engine env's interpreter and the environment below.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from seva_tasks.base import resolve
-from seva_tasks.engines import EngineConfig, Output, Request
+from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec
 from seva_tasks.engines.hf import image_tokens, request_seed
 from seva_tasks.engines.vision import ImagePrep, VisionEncoder
 
@@ -38,7 +38,7 @@ def worker_env(base: dict[str, str], cfg: EngineConfig) -> dict[str, str]:
     env = dict(base)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    if cfg.engine == "vllm":
+    if cfg.kind == "vllm":
         if cfg.tensor_parallel_size == 1:
             env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env["PYTHONPATH"] = str(SHIM_DIR) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -48,7 +48,7 @@ def worker_env(base: dict[str, str], cfg: EngineConfig) -> dict[str, str]:
 class VllmEngine:
     """`vllm.LLM` over one model; clean images go in as PIL, exact-noise rows as embeddings."""
 
-    def __init__(self, cfg: EngineConfig, *, embeds: bool = False):
+    def __init__(self, cfg: WorkerSpec, *, embeds: bool = False):
         from transformers import AutoConfig
         from vllm import LLM
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(args[0]).read_text())
-    cfg = EngineConfig.model_validate(spec["engine"])
+    cfg = WorkerSpec.model_validate(spec["engine"])
     run_shards(spec["jobs"], cfg, embeds=spec.get("embeds", False))
     return 0
 

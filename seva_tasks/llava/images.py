@@ -43,14 +43,20 @@ def load_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def square_tensor(img: Image.Image, size: int, mean: Sequence[float]) -> torch.Tensor:
-    """uint8 [3, size, size]: pad to square with the mean colour, bicubic resize (LLaVA's `pad` path)."""
-    import numpy as np
-    import torch
+def pad_and_resize(img: Image.Image, size: int, mean: Sequence[float]) -> Image.Image:
+    """LLaVA-1.5's `image_aspect_ratio=pad`: pad to a square of the mean colour, bicubic resize to `size`."""
     from PIL import Image
 
-    img = expand2square(img, tuple(int(m * 255) for m in mean)).resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    img = expand2square(img, tuple(int(m * 255) for m in mean))
+    return img if img.size == (size, size) else img.resize((size, size), Image.BICUBIC)
+
+
+def square_tensor(img: Image.Image, size: int, mean: Sequence[float]) -> torch.Tensor:
+    """uint8 [3, size, size]: `pad_and_resize` as a tensor."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(pad_and_resize(img, size, mean), dtype=np.uint8)).permute(2, 0, 1)
 
 
 def normalize(u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

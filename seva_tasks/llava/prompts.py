@@ -25,6 +25,11 @@ SYSTEMS = {
     ),
 }
 
+# LLaVA-1.5's answer-format suffixes (docs/Evaluation.md; the `text` of its eval question files and
+# the instruction mix's OCR-VQA/GQA/A-OKVQA turns), after "\n".
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+OPTION_LETTER = "Answer with the option's letter from the given choices directly."
+
 
 def conv_prompt(question: str, template: str) -> str:
     """LLaVA's `conv.get_prompt()` for `<image>\\n{question}` as the first user turn."""

@@ -49,8 +49,6 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-VERSION = 1
-DEPS = ("sample",)
 OUTPUT = AUGMENTED
 log = logging.getLogger(__name__)
 

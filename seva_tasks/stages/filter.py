@@ -39,8 +39,6 @@ from seva_tasks.base import StageConfig
 from seva_tasks.errors import InputError
 from seva_tasks.progress import track
 
-VERSION = 1
-DEPS = ("generate",)
 OUTPUT = PAIRS
 SEVA_JSON = "seva_pairs.json"
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ weight (vision tower, projector, language model: nothing here is pretrained) wit
 `Trainer` and answer-only cross-entropy on
 
 - the toy `llava_v1_5_mix665k.json` (its `gpt` turns are true by construction), rows of `sources`, and
-- `extra` fresh training scenes per source, drawn with `toy.random_scene` from this stage's own seed
+- `extra` fresh training scenes per source, drawn with `toy.scenes.random_scene` from this stage's own seed
   stream (`Random(f"{seed}:pretrain:{source}")`, never the benchmarks' `"{seed}:benchmarks"`), asked
-  the same question templates as the mix (`toy.QAS`), rendered in memory and JPEG-encoded as the
+  the same question templates as the mix (`toy.mix.QAS`), rendered in memory and JPEG-encoded as the
   mix's images are. The 184-row default mix alone is far too little to learn colours and shapes.
 
 Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the front of the first human
@@ -29,7 +29,6 @@ both load), and `metrics.jsonl` (one line per logging step).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -41,14 +40,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from seva_tasks import toy
+from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
+from seva_tasks.fingerprint import fingerprint as fingerprint_path
+from seva_tasks.llava.prompts import SHORT_ANSWER, SYSTEMS
+from seva_tasks.toy import mix
+from seva_tasks.toy.heldout import accuracy, heldout, load, majority
+from seva_tasks.toy.scenes import random_scene, render
 
-VERSION = 1
-DEPS: tuple[str, ...] = ()
-SOURCES = (*toy.PREFIXES, "text")  # "text": rows without an image (ShareGPT-like)
-HELDOUT_KINDS = ("color", "shape", "count", "side", "exists", "pope", "choice", "genre")
+SOURCES = (*mix.PREFIXES, "text")  # "text": rows without an image (ShareGPT-like)
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +60,6 @@ class PretrainConfig(StageConfig):
     2 CPU cores (see the manifest's `heldout` and `seconds`).
     """
 
-    model: Path = Field(Path("data/toy/model"), description="Base (random) model directory: the toy world's tiny LLaVA.")
     annotations: Path = Field(Path("data/toy/llava_v1_5_mix665k.json"), description="The toy LLaVA-665k-style mix whose conversations are trained on.")
     image_root: Path = Field(Path("data/toy/images"), description="Directory the mix's `image` paths are relative to.")
     sources: tuple[str, ...] = Field(SOURCES, description="Mix rows to train on, by image prefix (ocr_vqa, textvqa, coco, gqa, vg) or 'text' for text-only rows.")
@@ -89,10 +89,10 @@ class PretrainConfig(StageConfig):
     @field_validator("extra")
     @classmethod
     def _known_extra(cls, v: dict[str, int]) -> dict[str, int]:
-        bad = [s for s in v if s not in toy.PREFIXES]
+        bad = [s for s in v if s not in mix.PREFIXES]
         neg = [s for s, n in v.items() if n < 0]
         if bad or neg:
-            raise ValueError(f"extra maps a source ({', '.join(toy.PREFIXES)}) to a count >= 0. Got {v}.")
+            raise ValueError(f"extra maps a source ({', '.join(mix.PREFIXES)}) to a count >= 0. Got {v}.")
         return v
 
 
@@ -101,26 +101,15 @@ class PretrainConfig(StageConfig):
 
 
 def fingerprint(cfg: PretrainConfig) -> dict:
-    """Content of the base model, the mix, its images, and the toy templates the extra scenes use."""
-    model, mix, images = resolve(cfg.model), resolve(cfg.annotations), resolve(cfg.image_root)
-    h = hashlib.sha256()
-    for p in sorted(images.rglob("*")) if images.is_dir() else []:
-        if p.is_file():
-            h.update(p.relative_to(images).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
-    files = {p.relative_to(model).as_posix(): _sha(p) for p in sorted(model.rglob("*")) if p.is_file()} if model.is_dir() else None
-    return {"model": files, "annotations": _sha(mix) if mix.is_file() else None, "images": h.hexdigest(),
-            "toy_code": _sha(Path(toy.__file__))}
+    """Content of the mix and its images (the base model is an input; the toy templates are code)."""
+    return {"annotations": fingerprint_path(resolve(cfg.annotations)), "images": fingerprint_path(resolve(cfg.image_root))}
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _check_inputs(cfg: PretrainConfig) -> None:
+def _check_inputs(cfg: PretrainConfig, base: Path) -> None:
     errors = []
-    if not (resolve(cfg.model) / "config.json").is_file():
-        errors.append(f"Base model not found: {resolve(cfg.model)} has no config.json. Build the toy world "
-                      "(python -m seva_tasks.toy) or point pretrain.model at it, e.g. pretrain.model=data/toy/model.")
+    if not (base / "config.json").is_file():
+        errors.append(f"Base model not found: {base} has no config.json. Build the toy world "
+                      "(python -m seva_tasks.toy) or point `model:` at it, e.g. model=data/toy/model.")
     if not resolve(cfg.annotations).is_file():
         errors.append(f"Mix not found: {resolve(cfg.annotations)}. Build the toy world (python -m seva_tasks.toy) "
                       "or set pretrain.annotations=data/toy/llava_v1_5_mix665k.json.")
@@ -129,7 +118,7 @@ def _check_inputs(cfg: PretrainConfig) -> None:
 
 
 def _source(row: dict) -> str:
-    return "text" if "image" not in row else next((s for s, p in toy.PREFIXES.items() if row["image"].startswith(p + "/")), "other")
+    return "text" if "image" not in row else next((s for s, p in mix.PREFIXES.items() if row["image"].startswith(p + "/")), "other")
 
 
 def _conversations(cfg: PretrainConfig) -> tuple[list[tuple[list[dict], Any]], dict]:
@@ -144,12 +133,12 @@ def _conversations(cfg: PretrainConfig) -> tuple[list[tuple[list[dict], Any]], d
     for source, n in sorted(cfg.extra.items()):
         rng = random.Random(f"{cfg.seed}:pretrain:{source}")
         for i in range(n):
-            scene = toy.random_scene(rng, toy.KINDS[source], f"pretrain/{source}/{i:06d}.jpg")
-            qas = toy.QAS[source](rng, scene)
-            suffix = f"\n{toy.SHORT}" if source in ("ocr_vqa", "gqa") else ""  # as toy's mix asks them
+            scene = random_scene(rng, mix.KINDS[source], f"pretrain/{source}/{i:06d}.jpg")
+            qas = mix.QAS[source](rng, scene)
+            suffix = f"\n{SHORT_ANSWER}" if source in ("ocr_vqa", "gqa") else ""  # as toy's mix asks them
             turns = [t for q, a in qas for t in ({"from": "human", "value": q + suffix}, {"from": "gpt", "value": a})]
             buf = io.BytesIO()
-            toy.render(scene).save(buf, format="JPEG", quality=95)
+            render(scene).save(buf, format="JPEG", quality=95)
             convs.append((turns, buf.getvalue()))
         counts[f"extra_{source}"] = n
     return convs, counts
@@ -166,7 +155,7 @@ def _encode(turns: list[dict], tok, image_id: int, image_tokens: int, has_image:
         q, a = turns[i]["value"], turns[i + 1]["value"]
         if i == 0 and has_image:  # LLaVA's preprocess_multimodal: the image always leads the first turn
             q = "<image>\n" + q.replace("<image>", "").strip()
-        head = (toy.SYSTEM + " " if i == 0 else "") + f"USER: {q} ASSISTANT:"
+        head = (SYSTEMS["vicuna_v1"] + " " if i == 0 else "") + f"USER: {q} ASSISTANT:"
         p = tok(head, add_special_tokens=i == 0).input_ids
         ans = tok(" " + a, add_special_tokens=False).input_ids + [tok.eos_token_id]
         ids += p + ans
@@ -248,19 +237,6 @@ def _loss(outputs, labels, num_items_in_batch=None):
 # Training and saving
 
 
-def _callbacks(total: int):
-    """Mirror the step counter into seva_tasks.progress (the flow shows it in Prefect)."""
-    from transformers import TrainerCallback
-
-    from seva_tasks import progress
-
-    class Progress(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            progress.report("pretrain", state.global_step, total)
-
-    return [Progress()]
-
-
 def _train(cfg: PretrainConfig, model, examples: list[dict], processor, out_dir: Path) -> list[dict]:
     """transformers.Trainer on every weight; returns the log history."""
     from transformers import Trainer, TrainingArguments
@@ -275,7 +251,7 @@ def _train(cfg: PretrainConfig, model, examples: list[dict], processor, out_dir:
     )
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=_collator(processor.tokenizer.pad_token_id, ip.image_mean, ip.image_std),
-                      compute_loss_func=_loss, callbacks=_callbacks(cfg.steps))
+                      compute_loss_func=_loss, callbacks=[progress.trainer_callback("pretrain")])
     trainer.train()
     shutil.rmtree(out_dir / ".trainer", ignore_errors=True)
     return trainer.state.log_history
@@ -296,120 +272,6 @@ def _save(model, base: Path, dst: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Held-out questions
-
-
-def heldout(seed: int, n: int) -> list[dict]:
-    """`n` questions with one true short answer each, on scenes from their own seed stream.
-
-    Item: {kind, question (with the short-answer suffix), answer, scene}; kinds take turns.
-    """
-    rng = random.Random(f"{seed}:pretrain-heldout")
-    items: list[dict] = []
-    while len(items) < n:
-        kind = HELDOUT_KINDS[len(items) % len(HELDOUT_KINDS)]
-        scene = toy.random_scene(rng, "book" if kind == "genre" else "shapes", f"heldout/{len(items):05d}.jpg")
-        qa = _question(rng, kind, scene)
-        if qa:
-            question = qa[0] if kind == "choice" else f"{qa[0]}\n{toy.SHORT}"
-            items.append({"kind": kind, "question": question, "answer": qa[1], "scene": scene})
-    return items
-
-
-def _question(rng: random.Random, kind: str, scene: dict) -> tuple[str, str] | None:
-    """One question of `kind` about `scene` in the mix's templates, or None if it would be ambiguous.
-
-    Yes/no kinds are balanced: `exists` asks about a colour and shape, `pope` about a shape alone
-    (POPE's form), each present half of the time and otherwise absent.
-    """
-    if kind == "genre":
-        return "What is the genre of this book?", scene["book"]["genre"]
-    objs = scene["objects"]
-    o = rng.choice(objs)
-    same_shape = sum(x["shape"] == o["shape"] for x in objs)
-    if kind == "color" and same_shape == 1:
-        return f"What color is the {o['shape']}?", o["color"]
-    if kind == "side" and same_shape == 1:
-        return f"On which side is the {o['shape']}?", o["position"]
-    if kind == "shape" and sum(x["color"] == o["color"] for x in objs) == 1:
-        return f"What shape is the {o['color']} object?", o["shape"]
-    if kind == "count":
-        return f"How many {o['shape']}s are there?", str(same_shape)
-    if kind == "exists":
-        absent = [(c, s) for c in toy.COLORS for s in toy.SHAPES if not any(x["color"] == c and x["shape"] == s for x in objs)]
-        c, s = (o["color"], o["shape"]) if rng.random() < 0.5 else rng.choice(absent)
-        return f"Is there a {c} {s} in the image?", "no" if (c, s) in absent else "yes"
-    if kind == "pope":
-        absent = [s for s in toy.SHAPES if not any(x["shape"] == s for x in objs)]
-        if not absent:
-            return None
-        s = o["shape"] if rng.random() < 0.5 else rng.choice(absent)
-        return f"Is there a {s} in the image?", "no" if s in absent else "yes"
-    if kind == "choice" and same_shape == 1:  # A-OKVQA's form; the answer is a letter
-        options = [o["color"], *rng.sample([c for c in toy.COLORS if c != o["color"]], 3)]
-        rng.shuffle(options)
-        listing = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(options))
-        return (f"What color is the {o['shape']}?\n{listing}\nAnswer with the option's letter from the given choices "
-                f"directly.", "ABCD"[options.index(o["color"])])
-    return None
-
-
-def answer_matches(text: str, gold: str) -> bool:
-    """Exact match after lowercasing and dropping a trailing full stop."""
-    return text.strip().rstrip(".").strip().lower() == gold.lower()
-
-
-def load(model_dir: Path):
-    """(model, processor) from a model directory, for `ask`."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    proc = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
-    return LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True).eval(), proc
-
-
-def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8) -> list[str]:
-    """Greedy transformers answers to held-out items (images padded to square as the engines do)."""
-    import torch
-    from PIL import Image
-
-    from seva_tasks.llava.images import expand2square
-
-    proc.tokenizer.padding_side = "left"
-    size, mean = model.config.vision_config.image_size, proc.image_processor.image_mean
-    answers = []
-    for i in range(0, len(items), batch):
-        chunk = items[i:i + batch]
-        images = [expand2square(toy.render(it["scene"]), tuple(int(m * 255) for m in mean)).resize((size, size), Image.BICUBIC)
-                  for it in chunk]
-        enc = proc(images=images, text=[toy.prompt(it["question"]) for it in chunk], padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=proc.tokenizer.pad_token_id)
-        answers += proc.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return answers
-
-
-def accuracy(model, proc, items: list[dict]) -> dict[str, float]:
-    """Held-out accuracy per question kind and overall (`all`)."""
-    answers = ask(model, proc, items)
-    return _rates([(it["kind"], answer_matches(a, it["answer"])) for it, a in zip(items, answers)])
-
-
-def majority(items: list[dict]) -> dict[str, float]:
-    """The accuracy of always giving each kind's most common true answer: the bar to clear."""
-    from collections import Counter
-
-    common = {k: Counter(it["answer"] for it in items if it["kind"] == k).most_common(1)[0][0]
-              for k in {it["kind"] for it in items}}
-    return _rates([(it["kind"], it["answer"] == common[it["kind"]]) for it in items])
-
-
-def _rates(hits: list[tuple[str, bool]]) -> dict[str, float]:
-    out = {k: round(sum(h for kk, h in hits if kk == k) / sum(kk == k for kk, _ in hits), 4) for k in dict(hits)}
-    out["all"] = round(sum(h for _, h in hits) / max(1, len(hits)), 4)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Stage entry point
 
 
@@ -417,7 +279,7 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     """Train the base model on the mix (+ extra scenes) and publish `out_dir/model/`.
 
     Args:
-        cfg: the stage config. inputs: {} (no upstream stage). out_dir: the store's partial dir.
+        cfg: the stage config. inputs: {"model": the random base model}. out_dir: the store's partial dir.
     Returns:
         Manifest stats: counts (mix rows, extra scenes, examples, drops, answer tokens), steps,
         final loss, held-out accuracy per question type with chance levels, seconds.
@@ -426,11 +288,11 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
 
     started = time.time()
-    _check_inputs(cfg)
+    base = Path(inputs["model"])
+    _check_inputs(cfg, base)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        base = resolve(cfg.model)
         processor = AutoProcessor.from_pretrained(base, local_files_only=True)
         set_seed(cfg.seed)
         model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)

@@ -38,15 +38,15 @@ from pydantic import Field, model_validator
 from seva_tasks.artifacts import UNLABELED
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
+from seva_tasks.fingerprint import fingerprint as fingerprint_path
+from seva_tasks.llava.prompts import SHORT_ANSWER
 from seva_tasks.progress import report, track
 
-VERSION = 1
-DEPS: tuple[str, ...] = ()
 OUTPUT = UNLABELED
 log = logging.getLogger(__name__)
 
 # SeVa's stripping rules (make_ocrvqa_data.py / make_textvqa_data.py); other subsets get textvqa's.
-OCR_SUFFIX = "Answer the question using a single word or phrase."
+OCR_SUFFIX = SHORT_ANSWER  # LLaVA's suffix on the mix's OCR-VQA questions
 PAPER_STRIP = {"ocr_vqa": ("<image>", OCR_SUFFIX, "\n")}
 DEFAULT_STRIP = ("<image>\n",)
 
@@ -277,16 +277,9 @@ def _rows(subset: str, chosen: list, cfg: SampleConfig) -> list[tuple]:
 
 
 def fingerprint(cfg: SampleConfig) -> dict:
-    """Identity of the annotation file: size + mtime_ns, not a content hash.
-
-    Hashing 1 GB would add seconds to every `seva status` and flow start; any rewrite of the file
-    changes its mtime (the quick check make, rsync and DVC use). Images are not fingerprinted.
-    """
-    try:
-        st = resolve(cfg.annotations).stat()
-    except OSError:
-        return {"annotations": None}
-    return {"annotations": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    """Content of the annotation file (hashed once, then memoized by size + mtime). Images are not
+    fingerprinted: 665k files would cost every `seva status`; the rows name them and are checked on read."""
+    return {"annotations": fingerprint_path(resolve(cfg.annotations))}
 
 
 def reference_answers(annotations: Path, ids: set[str]) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
     seva run --until train                              # this stage and every stage before it
     seva run --until train train.beta=0.2               # reruns only train (and what follows)
-    python -m seva_tasks.train CFG.json PAIRS.parquet OUT_DIR   # one training process: what
+    python -m seva_tasks.stages.train CFG.json MODEL PAIRS.parquet OUT_DIR   # one training process: what
                                                         # `accelerate launch` starts on each GPU
 
 SeVa's recipe (reference/seva-recipe.md §1e) on stock TRL: sigmoid DPO on summed log-probs, both
@@ -39,12 +39,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from seva_tasks.artifacts import PAIRS
+from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import ConfigError, InputError, StageError
 
-VERSION = 1
-DEPS = ("filter",)
-RESUMABLE = True
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ class TrainConfig(StageConfig):
     Args: see each field's description. Returns: n/a.
     """
 
-    model: Path = Field(Path("data/llava/llava-1.5-7b-hf"), description="Base model directory in transformers format (config, weights, processor); relative: to the project root.")
     trust_remote_code: bool = Field(False, description="Allow the model directory's own Python code (off: nothing runs but transformers).")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: load weights in bfloat16 and train in bf16 mixed precision (GPU); fp32 for CPU and tests.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass: less memory, ~20% slower.")
@@ -101,24 +99,14 @@ class TrainConfig(StageConfig):
 # Inputs
 
 
-def fingerprint(cfg: TrainConfig) -> dict:
-    """Identity of the base model directory: each file's name, size and mtime_ns (no content hash)."""
-    root = resolve(cfg.model)
-    if not root.is_dir():
-        return {"model": None}
-    return {"model": {p.relative_to(root).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
-                      for p in sorted(root.rglob("*")) if p.is_file()}}
-
-
-def _check_inputs(cfg: TrainConfig, pairs: Path) -> int:
+def _check_inputs(model: Path, pairs: Path) -> int:
     """Cheap checks before torch is imported; returns the number of pairs."""
     import pyarrow.parquet as pq
 
     errors = []
-    model = resolve(cfg.model)
     if not (model / "config.json").is_file():
-        errors.append(f"Base model not found: {model} has no config.json. Point train.model at a local "
-                      "transformers checkpoint directory, e.g. train.model=/models/llava-1.5-7b-hf.")
+        errors.append(f"Base model not found: {model} has no config.json. Point `model:` at a local "
+                      "transformers checkpoint directory, e.g. model=/models/llava-1.5-7b-hf.")
     if not pairs.is_file():
         errors.append(f"Pairs file missing: {pairs}. Rerun the filter stage: seva run --until filter --refresh filter.")
     else:
@@ -197,16 +185,16 @@ def _check_lengths(cfg: TrainConfig, ds, processor) -> dict:
 # Model, adapter, trainer
 
 
-def _load_model(cfg: TrainConfig, dtype: str | None = None):
+def load_model(cfg: TrainConfig, model: Path, dtype: str | None = None):
     import torch
     from transformers import AutoModelForImageTextToText
 
     dtype = dtype or ("bfloat16" if cfg.precision == "bf16" else "float32")
-    return AutoModelForImageTextToText.from_pretrained(resolve(cfg.model), dtype=getattr(torch, dtype),
+    return AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype),
                                                        trust_remote_code=cfg.trust_remote_code)
 
 
-def _load_processor(cfg: TrainConfig, *, for_training: bool = False):
+def _load_processor(cfg: TrainConfig, model: Path, *, for_training: bool = False):
     """The base processor; for training, its chat template also emits BOS when it doesn't already.
 
     TRL's collator tokenizes with add_special_tokens=False and leaves BOS to the template; LLaVA-1.5's
@@ -214,7 +202,7 @@ def _load_processor(cfg: TrainConfig, *, for_training: bool = False):
     """
     from transformers import AutoProcessor
 
-    proc = AutoProcessor.from_pretrained(resolve(cfg.model), trust_remote_code=cfg.trust_remote_code)
+    proc = AutoProcessor.from_pretrained(model, trust_remote_code=cfg.trust_remote_code)
     tok = proc.tokenizer
     if for_training and tok.bos_token and proc.chat_template and tok("x")["input_ids"][:1] == [tok.bos_token_id]:
         rendered = proc.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
@@ -229,7 +217,7 @@ def _target_regex(cfg: TrainConfig) -> str:
     return rf"{scope}({names})"
 
 
-def _lora_config(cfg: TrainConfig, model):
+def _lora_config(cfg: TrainConfig, model, path: Path):
     """peft.LoraConfig for the language model's linears; ConfigError if a name matches nothing."""
     from peft import LoraConfig
 
@@ -238,10 +226,10 @@ def _lora_config(cfg: TrainConfig, model):
     errors = []
     if not any(regex.fullmatch(n) for n in names):
         errors.append(f"train.lora_target_modules={cfg.lora_target_modules} under train.lora_scope={cfg.lora_scope!r} "
-                      f"match no module of {resolve(cfg.model)}; e.g. lora_scope=language_model, lora_target_modules=[q_proj, v_proj].")
+                      f"match no module of {path}; e.g. lora_scope=language_model, lora_target_modules=[q_proj, v_proj].")
     for m in cfg.modules_to_save:
         if not any(n == m or n.endswith("." + m) for n in names):
-            errors.append(f"train.modules_to_save: no module named {m!r} in {resolve(cfg.model)}; e.g. multi_modal_projector.")
+            errors.append(f"train.modules_to_save: no module named {m!r} in {path}; e.g. multi_modal_projector.")
     if errors:
         raise ConfigError("\n".join(errors))
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=regex.pattern,
@@ -265,34 +253,20 @@ def _dpo_config(cfg: TrainConfig, out_dir: Path):
     )
 
 
-def _progress_callback():
-    """Mirror the step counter into seva_tasks.progress (the flow shows it as a Prefect progress artifact)."""
-    from transformers import TrainerCallback
-
-    from seva_tasks import progress
-
-    class Progress(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                progress.report("train", state.global_step, state.max_steps)
-
-    return Progress()
-
-
-def fit(cfg: TrainConfig, pairs: Path, out_dir: Path):
+def fit(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path):
     """Train (or resume) and save adapter/, metrics.jsonl and trainer_state.json; returns the DPOTrainer."""
     from datasets import concatenate_datasets
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
 
     args = _dpo_config(cfg, out_dir)  # before the model: under ZeRO-3 it decides how weights load
-    processor = _load_processor(cfg, for_training=True)
+    processor = _load_processor(cfg, base, for_training=True)
     ds = _load_pairs(pairs)
     lengths = _check_lengths(cfg, ds, processor)
     ds = concatenate_datasets([ds] * cfg.repeat)  # SeVa's `data * 2`; the sampler shuffles across copies
-    model = _load_model(cfg)
+    model = load_model(cfg, base)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, processing_class=processor,
-                         peft_config=_lora_config(cfg, model), callbacks=[_progress_callback()])
+                         peft_config=_lora_config(cfg, model, base), callbacks=[progress.trainer_callback("train")])
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("Resuming from %s.", last)
@@ -323,16 +297,16 @@ def _trainable(model) -> dict:
 # Merge for serving
 
 
-def merge(cfg: TrainConfig, out_dir: Path) -> None:
+def merge(cfg: TrainConfig, base: Path, out_dir: Path) -> None:
     """base + adapter/ -> merged/ (float32 merge, saved in merged_dtype, vLLM weight names, processor)."""
     import torch
     from peft import PeftModel
 
     tmp = out_dir / ".merged.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = PeftModel.from_pretrained(_load_model(cfg, "float32"), out_dir / "adapter").merge_and_unload()
+    model = PeftModel.from_pretrained(load_model(cfg, base, "float32"), out_dir / "adapter").merge_and_unload()
     model.to(getattr(torch, cfg.merged_dtype)).save_pretrained(tmp)
-    _load_processor(cfg).save_pretrained(tmp)
+    _load_processor(cfg, base).save_pretrained(tmp)
     from seva_tasks.llava.weights import vllm_weight_names
 
     vllm_weight_names(tmp)
@@ -344,13 +318,13 @@ def merge(cfg: TrainConfig, out_dir: Path) -> None:
 # Stage entry point
 
 
-def _launch(cfg: TrainConfig, pairs: Path, out_dir: Path) -> None:
+def _launch(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path) -> None:
     """Run `fit` under `accelerate launch` (one process per GPU); the config travels as JSON."""
     (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     cfg_file = out_dir / "checkpoints" / "train_config.json"
     cfg_file.write_text(cfg.model_dump_json())
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(resolve(cfg.accelerate_config)),
-           "--num_processes", str(cfg.num_processes), "-m", "seva_tasks.train", str(cfg_file), str(pairs), str(out_dir)]
+           "--num_processes", str(cfg.num_processes), "-m", "seva_tasks.stages.train", str(cfg_file), str(base), str(pairs), str(out_dir)]
     log.info("Launching: %s", " ".join(cmd))
     if subprocess.run(cmd, cwd=resolve(".")).returncode != 0:  # zero3.yaml's json path is project-relative
         raise StageError(f"Training under accelerate failed (command above, config {cfg.accelerate_config}). "
@@ -376,21 +350,21 @@ def run(cfg: TrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     """DPO-train a LoRA adapter on `inputs["filter"]/pairs.parquet` and merge it for serving.
 
     Args:
-        cfg: the stage config. inputs: {"filter": artifact dir}. out_dir: the store's (resumable) partial dir.
+        cfg: the stage config. inputs: {"filter": artifact dir, "model": the base model dir}. out_dir: the store's (resumable) partial dir.
     Returns:
         Manifest stats: counts (pairs, train_rows, steps), global_batch, final and per-step metrics,
         lengths (image/prompt tokens, truncated pairs), trainable parameter counts, resumed_from_step.
     """
     started = time.time()
-    pairs = Path(inputs["filter"]) / "pairs.parquet"
-    n_pairs = _check_inputs(cfg, pairs)
+    pairs, base = Path(inputs["filter"]) / PAIRS, Path(inputs["model"])
+    n_pairs = _check_inputs(base, pairs)
     if not (out_dir / "adapter" / "adapter_model.safetensors").is_file():
-        log.info("Training on %d pairs ×%d from %s.", n_pairs, cfg.repeat, pairs)
+        log.info("Training %s on %d pairs ×%d from %s.", base, n_pairs, cfg.repeat, pairs)
         if cfg.accelerate_config is not None:
-            _launch(cfg, pairs, out_dir)
+            _launch(cfg, base, pairs, out_dir)
         else:
-            fit(cfg, pairs, out_dir)
-    merge(cfg, out_dir)
+            fit(cfg, base, pairs, out_dir)
+    merge(cfg, base, out_dir)
     stats = _stats(out_dir, n_pairs, cfg, time.time() - started)
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     log.info("Trained %d steps; adapter and merged model in %s (final margin %s).", stats["counts"]["steps"],
@@ -400,5 +374,5 @@ def run(cfg: TrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
 
 if __name__ == "__main__":  # a training process under `accelerate launch` (see _launch)
     logging.basicConfig(level=logging.INFO)
-    _cfg, _pairs, _out = sys.argv[1:4]
-    fit(TrainConfig.model_validate_json(Path(_cfg).read_text()), Path(_pairs), Path(_out))
+    _cfg, _base, _pairs, _out = sys.argv[1:5]
+    fit(TrainConfig.model_validate_json(Path(_cfg).read_text()), Path(_base), Path(_pairs), Path(_out))

@@ -1,0 +1,82 @@
+"""Prefect glue for the `seva` flow: the cache key, the progress bridge, and what a run publishes to the UI.
+
+Stage code never imports Prefect; this module turns its progress reports into progress artifacts,
+its outputs into table/markdown artifacts, and the store's content key into the task's cache key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from seva_tasks import pipeline, progress
+from seva_tasks.config import PipelineConfig
+
+
+def preview(ref: dict, rows: int = 10) -> list[dict]:
+    """The first rows of the stage's main Parquet output, as strings (a UI preview, not data)."""
+    import polars as pl
+
+    files = sorted(Path(ref["path"]).glob("*.parquet"))
+    if not files:
+        return []
+    df = pl.read_parquet(files[0], n_rows=rows)
+    return [{k: str(v)[:200] for k, v in row.items()} for row in df.iter_rows(named=True)]
+
+
+@contextlib.contextmanager
+def stage_progress(stage: str):
+    """Mirror seva_tasks.progress reports into one Prefect progress artifact per stage."""
+    state: dict[str, Any] = {}
+
+    def listener(desc: str, done: int, total: int) -> None:
+        pct = 100.0 * done / max(total, 1)
+        if "id" not in state:
+            state["id"] = create_progress_artifact(progress=pct, key=f"{stage}-progress", description=desc)
+        elif pct - state.get("pct", 0) >= 5 or done == total:  # throttle API calls
+            update_progress_artifact(state["id"], progress=pct, description=desc)
+        state["pct"] = pct
+
+    progress.add_listener(listener)
+    try:
+        yield
+    finally:
+        progress.remove_listener(listener)
+
+
+def cache_key(context, parameters: dict) -> str:
+    """The content key, per store: a cached result is a path into its own data dir."""
+    root = hashlib.sha256(str(parameters["cfg"].artifacts).encode()).hexdigest()[:8]
+    return f"seva-{parameters['name']}-{parameters['key']}-{root}"
+
+
+def publish(ref: dict) -> None:
+    """What a person wants to see in the UI: a preview of the output, training curves, the report."""
+    name, out = ref["stage"], Path(ref["path"])
+    if rows := preview(ref):
+        create_table_artifact(table=rows, key=f"{name}-preview", description=f"{name}: first rows of {out}")
+    metrics = out / "metrics.jsonl"
+    if name == "train" and metrics.is_file():
+        steps = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        create_table_artifact(table=steps, key="train-metrics", description="DPO metrics per logging step")
+    if (report := out / "report.md").is_file():
+        create_markdown_artifact(key=f"{name}-report", markdown=report.read_text(), description=f"{name} report ({out})")
+
+
+def summary(cfg: PipelineConfig, refs: dict[str, dict]) -> str:
+    store = pipeline.store_for(cfg)
+    lines = ["| stage | key | counts | drops |", "|---|---|---|---|"]
+    for name, ref in refs.items():
+        stats = (store.manifest(name, ref["key"]) or {}).get("stats", {})
+        lines.append(f"| {name} | `{ref['key']}` | {stats.get('counts', '')} | {stats.get('drops', '')} |")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Toy scenes: the records that are the ground truth of every toy image, and their drawing.
+
+A scene is a JSON-able dict (see `random_scene`); `render(scene)` draws it, deterministically, so
+the mix, the benchmarks and the pretrain stage can all ask questions whose answers are true.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+from PIL import Image, ImageDraw, ImageFont
+
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),
+    "yellow": (240, 210, 40), "purple": (140, 60, 170), "orange": (245, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+BACKGROUNDS = {"white": (250, 250, 250), "gray": (190, 190, 195), "beige": (235, 225, 200)}
+INKS = {"black": (20, 20, 20), "white": (250, 250, 250)}
+PALETTE = {**COLORS, **BACKGROUNDS, **INKS}
+
+# OCR-VQA's genre names (Amazon categories); the cover colour hints at the genre.
+GENRES = {
+    "Travel": "blue", "Cookbooks, Food & Wine": "orange", "History": "purple", "Romance": "red",
+    "Science & Math": "green", "Children's Books": "yellow", "Self-Help": "orange",
+    "Mystery, Thriller & Suspense": "purple", "Sports & Outdoors": "green", "Humor & Entertainment": "yellow",
+}
+TITLE_WORDS = (
+    ("The", "Silent", "Golden", "Little", "Hidden", "Last", "Quiet", "Lost", "Bright", "Wild"),
+    ("River", "Garden", "Kitchen", "Mountain", "Secret", "Journey", "Island", "Letter", "Forest", "City"),
+)
+FIRST_NAMES = ("Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Lena", "Omar")
+LAST_NAMES = ("Adams", "Brown", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hill", "Ito", "Jensen", "Novak")
+SIGN_NAMES = ("ROSA", "BLUE", "SUNNY", "CITY", "OAK", "STAR", "NORTH", "LUCKY")
+SIGN_PLACES = ("CAFE", "BAKERY", "HOTEL", "PHARMACY", "MARKET", "DINER", "BOOKS", "PARKING")
+SIGN_WORDS = ("OPEN", "STOP", "EXIT", "SALE", "BUS STOP", "NO ENTRY", "MAIN ST", "ONE WAY")
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+def random_scene(rng: random.Random, kind: str, image: str) -> dict:
+    """A new scene record of `kind` ('shapes', 'book' or 'sign') whose image will live at `image`.
+
+    Record: image, kind, width, height, background; objects [{shape, color, box, position
+    (left|right), vertical (top|bottom)}]; texts [{role, text, box, size, ink}]; book {title,
+    author, genre} or None; sign {text, color, box} or None; ocr_tokens; caption. Boxes are
+    [x0, y0, x1, y1] in pixels; colours are keys of PALETTE.
+    """
+    make = {"shapes": _shapes_scene, "book": _book_scene, "sign": _sign_scene}
+    if kind not in make:
+        raise ValueError(f"Unknown scene kind {kind!r}; use one of {', '.join(make)}.")
+    scene = {"image": image, "kind": kind, "objects": [], "texts": [], "book": None, "sign": None,
+             "ocr_tokens": [], **make[kind](rng)}
+    scene["caption"] = caption(scene)
+    return scene
+
+
+def _shapes_scene(rng: random.Random) -> dict:
+    """1-5 shapes, each alone in a grid cell, so left/right and top/bottom are never ambiguous."""
+    w, h = rng.choice([(96, 72), (72, 96), (96, 96), (120, 80)])
+    cols, rows = (4, 2) if w >= h else (2, 4)
+    cells = sorted(rng.sample(range(cols * rows), rng.randint(1, 5)))
+    objects = [_place(rng, c % cols, c // cols, cols, rows, w, h) for c in cells]
+    return {"width": w, "height": h, "background": rng.choice(list(BACKGROUNDS)), "objects": objects}
+
+
+def _place(rng: random.Random, col: int, row: int, cols: int, rows: int, w: int, h: int) -> dict:
+    """A random shape inside one grid cell."""
+    cw, ch = w / cols, h / rows
+    side = int(min(cw, ch) * rng.uniform(0.55, 0.85))
+    x0 = int(cw * col + rng.uniform(0, cw - side))
+    y0 = int(ch * row + rng.uniform(0, ch - side))
+    return {"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)), "box": [x0, y0, x0 + side, y0 + side],
+            "position": "left" if col < cols / 2 else "right", "vertical": "top" if row < rows / 2 else "bottom"}
+
+
+def _book_scene(rng: random.Random) -> dict:
+    """A book cover: title on top, author below; the cover colour follows the genre."""
+    w, h = 80, 120
+    genre = rng.choice(list(GENRES))
+    title = " ".join(rng.choice(words) for words in TITLE_WORDS)
+    author = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+    ink = "black" if GENRES[genre] in ("yellow", "orange") else "white"
+    texts = [{"role": "title", "text": _wrap(title, 10), "box": [2, 6, w - 2, 62], "size": 11, "ink": ink},
+             {"role": "author", "text": _wrap(author, 12), "box": [2, 88, w - 2, 116], "size": 9, "ink": ink}]
+    return {"width": w, "height": h, "background": GENRES[genre], "texts": texts,
+            "book": {"title": title, "author": author, "genre": genre}, "ocr_tokens": (title + " " + author).split()}
+
+
+def _sign_scene(rng: random.Random) -> dict:
+    """A coloured board on a pole with one or two words on it, sometimes a shape beside it."""
+    w, h = 128, 72
+    text = rng.choice([f"{rng.choice(SIGN_NAMES)} {rng.choice(SIGN_PLACES)}", rng.choice(SIGN_WORDS)])
+    color = rng.choice(list(COLORS))
+    ink = "black" if color in ("yellow", "orange") else "white"
+    board = [8, 6, 88, 44]
+    scene = {"width": w, "height": h, "background": rng.choice(list(BACKGROUNDS)),
+             "texts": [{"role": "sign", "text": _wrap(text, 9), "box": board, "size": 12, "ink": ink}],
+             "sign": {"text": text, "color": color, "box": board}, "ocr_tokens": text.split()}
+    if rng.random() < 0.5:  # a shape on the right half gives signs a VQA question too
+        scene["objects"] = [_place(rng, 3, rng.randrange(2), 4, 2, w, h)]
+    return scene
+
+
+def _wrap(text: str, width: int) -> str:
+    """Greedy word wrap to lines of at most `width` characters (longer words stay whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def caption(scene: dict) -> str:
+    """A one-sentence description of a scene (TextCaps/COCO-style caption, LLaVA-Bench context)."""
+    if scene["book"]:
+        b = scene["book"]
+        return f'The {scene["background"]} cover of the book "{b["title"]}" by {b["author"]}.'
+    things = [f"{article(o['color'])} {o['shape']} on the {o['vertical']} {o['position']}" for o in scene["objects"]]
+    listing = ", ".join(things[:-1]) + (" and " if len(things) > 1 else "") + (things[-1] if things else "")
+    if scene["sign"]:
+        s = scene["sign"]
+        beside = f" next to {listing}." if things else "."
+        return f'{article(s["color"]).capitalize()} sign that says "{s["text"]}"{beside}'
+    return f"A {scene['background']} picture with {listing}."
+
+
+def article(word: str) -> str:
+    """The word with its indefinite article ("an orange", "a red")."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing
+
+
+def render(scene: dict) -> Image.Image:
+    """Draw a scene record as an RGB image (deterministic: same record, same pixels)."""
+    img = Image.new("RGB", (scene["width"], scene["height"]), PALETTE[scene["background"]])
+    draw = ImageDraw.Draw(img)
+    if scene["sign"]:
+        x0, y0, x1, y1 = scene["sign"]["box"]
+        mid = (x0 + x1) // 2
+        draw.rectangle([mid - 2, y1, mid + 2, scene["height"]], fill=(110, 90, 70))  # the pole
+        draw.rectangle(scene["sign"]["box"], fill=COLORS[scene["sign"]["color"]], outline=INKS["black"])
+    for obj in scene["objects"]:
+        _draw_shape(draw, obj["shape"], obj["box"], COLORS[obj["color"]])
+    for t in scene["texts"]:
+        x0, y0, x1, y1 = t["box"]
+        draw.multiline_text(((x0 + x1) / 2, (y0 + y1) / 2), t["text"], font=_font(t["size"]),
+                            fill=PALETTE[t["ink"]], anchor="mm", align="center", spacing=2)
+    return img
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], fill: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(mx, y0), (x1, y1), (x0, y1)], fill=fill)
+    else:  # diamond
+        draw.polygon([(mx, y0), (x1, my), (mx, y1), (x0, my)], fill=fill)
+
+
+@functools.lru_cache(maxsize=None)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font (needs no system fonts, so pixels are the same everywhere)."""
+    return ImageFont.load_default(size=size)

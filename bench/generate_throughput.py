@@ -48,13 +48,13 @@ def _requests(n: int, path: Path) -> None:
 
 def measure(args: argparse.Namespace) -> dict:
     """In the engine's own interpreter: load, warm up, time `runs` passes over the requests."""
-    from seva_tasks.engines import EngineConfig, make_engine
+    from seva_tasks.engines import WorkerSpec, make_engine
     from seva_tasks.engines.shards import read_requests
 
     reqs = read_requests(Path(args.requests))
-    cfg = EngineConfig(engine=args.measure, model=args.model, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-                       max_model_len=args.max_model_len, batch_size=args.batch,
-                       kv_cache_memory_bytes=args.kv_cache_bytes or None)
+    cfg = WorkerSpec(kind=args.measure, model=args.model, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                     max_model_len=args.max_model_len, batch_size=args.batch,
+                     kv_cache_memory_bytes=args.kv_cache_bytes or None)
     t0 = time.perf_counter()
     engine = make_engine(cfg, embeds=True)
     load = time.perf_counter() - t0
@@ -77,7 +77,7 @@ def _run_engine(name: str, engine: str, batch: int, python: Path, args: argparse
     cmd = [str(python), str(Path(__file__).resolve()), "--measure", engine, "--requests", str(req), "--batch", str(batch),
            "--model", args.model, "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens),
            "--max-model-len", str(args.max_model_len), "--runs", str(args.runs), "--kv-cache-bytes", str(args.kv_cache_bytes)]
-    env = worker_env(os.environ, EngineConfig(engine=engine))
+    env = worker_env(os.environ, EngineConfig(kind=engine))
     print(f"[{name}] running ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -19,11 +19,13 @@ from seva_tasks.config import ROOT, load_config
 from seva_tasks.fingerprint import code_digest
 
 STAGE_DIR = ROOT / "seva_tasks" / "stages"
-# Small and fast, but every stage runs for real: a short pretrain, 8+8 rows, two benchmarks.
+# Small and fast, but every stage runs for real: a 2-step pretrain (so clean and noised answers still
+# differ and pairs survive the filter), 6+6 rows, two benchmarks.
 OVERRIDES = [
-    "pretrain.steps=40", "pretrain.heldout=0", "pretrain.extra={}",
+    "pretrain.steps=2", "pretrain.heldout=0", "pretrain.extra={}", "augment.noise_step=999",  # a near-random model: answers differ
     "sample.subsets={ocr_vqa: {images: 6, questions_per_image: 1}, textvqa: {images: 6, questions_per_image: 1}}",
     "generate.max_new_tokens=8", "filter.mode=seva", "train.max_steps=2", "evaluate.benchmarks=[pope, mme]",
+    "generate.engine.kind=hf", "evaluate.engine.kind=hf",  # no vLLM start-ups: the contract, not the engine, is tested
 ]
 
 
@@ -83,6 +85,7 @@ def _copy_project(dst: Path) -> Path:
     shutil.copytree(ROOT, dst, ignore=ignore)
     (dst / "data").mkdir()
     (dst / "data" / "toy").symlink_to(ROOT / "data" / "toy")  # the toy world is data, not code: share it
+    (dst / ".venv-vllm").symlink_to(ROOT / ".venv-vllm")  # the engine env: the workers import the copy's code
     return dst
 
 

@@ -17,7 +17,7 @@ export SEVA_PREFECT_PORT := $(PORT)
 # Only for the Prefect CLI talking to the server `make run` started.
 SERVER_ENV := PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_HOME=$(CURDIR)/.prefect
 
-.PHONY: setup run test stop bench experiment lock clean-artifacts
+.PHONY: setup browser run test stop bench experiment screenshots lock clean-artifacts
 
 setup: $(VENV)/.installed $(ENGINE)/.installed
 
@@ -47,8 +47,14 @@ run: setup
 	@echo "Artifacts: $(CURDIR)/data/artifacts/<stage>/<key>/  (manifest.json in each)"
 	@echo "Prefect UI: http://127.0.0.1:$(PORT)   (stop the server and worker with: make stop)"
 
-test: setup
+test: setup browser
 	$(VENV)/bin/python -m pytest -q
+
+# Debian's Chromium for tests/test_ui.py, which Playwright drives (a browser download, `playwright install`,
+# does not work offline). Never fails the target: where apt-get cannot install it, that test skips and says why.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium; } \
+	  || echo "Chromium not installed (no /usr/bin/chromium): tests/test_ui.py will be skipped."
 
 stop:
 	-$(VENV)/bin/seva stop
@@ -59,6 +65,11 @@ experiment: setup
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+
+# docs/flow-run.png and docs/evaluate-report.png (the README shows them): a toy run on a temporary
+# server (free port, temp data dir), photographed in Chromium. SCREENSHOTS_ARGS=--quick: small overrides.
+screenshots: setup browser
+	$(VENV)/bin/python docs/screenshots.py $(SCREENSHOTS_ARGS)
 
 # Regenerate the pipeline lock from pipeline.in in a scratch env (engine.lock: see its header).
 lock:

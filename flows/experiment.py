@@ -5,16 +5,19 @@
     seva experiment configs/experiments/toy-seva.yaml
 
 Every stage is cached by content, so a second invocation (or a setting added later) reruns only
-what changed. The table and plots are rewritten after each run, so a long sweep shows its progress.
+what changed. The table and plots are rewritten after each run, so a long sweep shows its progress,
+and published to the UI as the `seva-experiment` markdown artifact, plots embedded as data URIs.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.seva import seva
-from seva_tasks import experiment
+from seva_tasks import experiment, plots
 
 
 @flow(name="seva-experiment", persist_result=False, log_prints=True)
@@ -28,10 +31,18 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
         refs = seva.with_options(flow_run_name=f"{setting}-seed{seed}")(config=exp.preset, overrides=overrides)
         runs.append(experiment.collect(exp, setting, seed, overrides, refs))
         out = experiment.write(exp, runs)
-    table = (out / "table.md").read_text()
-    create_markdown_artifact(key="seva-experiment", markdown=table, description=f"{spec} -> {out}")
-    print(table)
+        create_markdown_artifact(key="seva-experiment", markdown=_report(exp, out, len(runs), len(plan)),
+                                 description=f"{spec} -> {out} ({len(runs)}/{len(plan)} runs)")
+    print((out / "table.md").read_text())
     return str(out)
+
+
+def _report(exp: experiment.ExperimentConfig, out: Path, done: int, total: int) -> str:
+    """table.md and the two plots, embedded (the UI cannot resolve plots/*.png)."""
+    md = [f"# Experiment `{out.name}`: {done}/{total} runs", "", (out / "table.md").read_text(), "",
+          f"![{exp.settings[0].name}: base vs aligned over seeds](plots/seeds.png)", "",
+          "![Δ aligned − base per setting](plots/sweep.png)", "", f"Files: `{out}`"]
+    return plots.embed("\n".join(md), out)
 
 
 if __name__ == "__main__":

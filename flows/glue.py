@@ -2,6 +2,8 @@
 
 Stage code never imports Prefect; this module turns its progress reports into progress artifacts,
 its outputs into table/markdown artifacts, and the store's content key into the task's cache key.
+Every picture goes into the markdown as a data URI (seva_tasks/plots.py): the UI cannot resolve a
+relative path, and an artifact dir is immutable once published, so curves drawn here stay out of it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from seva_tasks import pipeline, progress
+from seva_tasks import pipeline, plots, progress
 from seva_tasks.config import PipelineConfig
 
 
@@ -65,12 +67,38 @@ def publish(ref: dict) -> None:
     name, out = ref["stage"], Path(ref["path"])
     if rows := preview(ref):
         create_table_artifact(table=rows, key=f"{name}-preview", description=f"{name}: first rows of {out}")
-    metrics = out / "metrics.jsonl"
-    if name == "train" and metrics.is_file():
-        steps = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    steps = _jsonl(out / "metrics.jsonl")
+    if name == "train" and steps:
         create_table_artifact(table=steps, key="train-metrics", description="DPO metrics per logging step")
+    if name in ("train", "pretrain") and (curves := _curves(name, out, steps)):
+        create_markdown_artifact(key=f"{name}-curves", markdown=curves, description=f"{name} curves ({out})")
     if (report := out / "report.md").is_file():
-        create_markdown_artifact(key=f"{name}-report", markdown=report.read_text(), description=f"{name} report ({out})")
+        create_markdown_artifact(key=f"{name}-report", markdown=plots.embed(report.read_text(), out),
+                                 description=f"{name} report ({out})")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _curves(name: str, out: Path, steps: list[dict]) -> str | None:
+    """Markdown with the stage's training curves embedded: DPO (train) or pretraining + held-out accuracy."""
+    logged = [r for r in steps if "step" in r and "loss" in r]
+    if name == "train":
+        png, what = plots.train_curves(steps), "DPO loss, reward margin and reward accuracy per step"
+        last = logged[-1] if logged else {}
+        final = ", ".join(f"{k} {last[k]:.4g}" for k in plots.TRAIN_CURVES if isinstance(last.get(k), (int, float)))
+    else:
+        heldout = json.loads((out / "manifest.json").read_text()).get("stats", {}).get("heldout") or {}
+        png, what = plots.pretrain_curves(steps, heldout), "pretraining loss and held-out accuracy"
+        acc = (heldout.get("accuracy") or {}).get("all")
+        final = ", ".join(([f"loss {logged[-1]['loss']:.4g}"] if logged else []) +
+                          ([f"held-out accuracy {100 * acc:.1f}% over {heldout.get('questions')} questions"]
+                           if acc is not None else []))
+    if png is None:
+        return None
+    return "\n".join([f"# {name}: {what}", "", f"{len(logged)} logged steps in `{out / 'metrics.jsonl'}`"
+                      + (f"; last: {final}." if final else "."), "", plots.image(what, png), ""])
 
 
 def summary(cfg: PipelineConfig, refs: dict[str, dict]) -> str:

@@ -280,7 +280,12 @@ def test_sqa_img_accuracy_counts_missing_and_failed(tmp_path):
     m = score_answers("sqa", d, answers(("1", "A"), ("2", "The answer is B."), ("3", "C is it"), ("4", "A"))).metrics
     assert m["accuracy"] == pytest.approx(50.0)  # image items 1,2,3,5: right, right, FAILED, missing
     assert m["all/accuracy"] == pytest.approx(60.0)
-    assert (m["missing"], m["unparsed"]) == (1, 1)
+    assert (m["missing"], m["unparsed"], m["text_only"]) == (1, 1, 1)
+    # seva asks image questions only: an unanswered text-only question is not "missing" (not SQA-IMG),
+    # yet it is still wrong in all/accuracy.
+    m = score_answers("sqa", d, answers(("1", "A"), ("2", "B"), ("3", "C"), ("5", "B"))).metrics
+    assert (m["accuracy"], m["missing"], m["text_only"]) == (75.0, 0, 1)
+    assert m["all/accuracy"] == pytest.approx(60.0)
 
 
 def test_seed_exact_letter(tmp_path):

@@ -3,7 +3,9 @@
     plots/benchmarks.png   one panel per benchmark: base and aligned headline metric, delta in the title
     plots/lengths.png      chosen vs rejected answer lengths of the preference pairs (SeVa paper, Fig. 5)
 
-The flow publishes report.md as a Prefect markdown artifact; the PNGs are referenced relatively.
+report.md references the PNGs relatively (for people reading the file); the flow publishes it as a
+Prefect markdown artifact with the PNGs embedded as data URIs (flows/glue.py), since the UI cannot
+resolve a relative path.
 """
 
 from __future__ import annotations
@@ -37,7 +39,19 @@ def _counts(bench: dict) -> list[str]:
             if label in e:
                 cells = " | ".join(str(int(e[label].get(c) or 0)) for c in COUNTS)
                 lines.append(f"| {NAMES.get(name, name)} | {label} | {cells} |")
-    return lines
+    return lines + _not_asked(bench)
+
+
+def _not_asked(bench: dict) -> list[str]:
+    """Questions outside a benchmark's scored set (ScienceQA's text-only ones): not failures, so said apart."""
+    notes = []
+    for name, e in bench.items():
+        n = next((e[lb]["text_only"] for lb in ("base", "aligned") if (e.get(lb) or {}).get("text_only")), 0)
+        if n:
+            notes.append(f"{NAMES.get(name, name)}: the set also has {int(n)} text-only question(s); "
+                         f"{NAMES.get(name, name)} scores image questions only, so they are not asked and not "
+                         "counted as missing (`all/accuracy` in metrics.json counts them as wrong).")
+    return ["", *notes] if notes else []
 
 
 def _plot_benchmarks(bench: dict, path: Path) -> None:

@@ -12,6 +12,9 @@ suffix). Scoring: `llava/eval/eval_science_qa.py` (letter alone, "X. ...", exact
 is X." match, else FAILED = wrong; missing = wrong). `accuracy` is LLaVA's IMG-Accuracy, the
 SQA-IMG number. Deliberate difference: an item is multimodal when it has an image (LLaVA checks
 the answer's saved prompt for "<image>", so a *missing* IMG answer silently leaves the denominator).
+`missing` counts unanswered image questions only: text-only ones are not part of SQA-IMG (seva does
+not ask them, seva_tasks/benchmarks/protocol.py), so `text_only` says how many the split has
+instead; unanswered, they still count as wrong in `all/accuracy`.
 If llava_test_CQM-A.json is absent it is rebuilt from problems.json in the eval.zip format
 ("Context: {hint}\\n{question}\\nA. ...", Context line only with a hint).
 """
@@ -94,8 +97,8 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
     img = [r for r in rows if r["category"] == "image"]
     return Scored({"accuracy": pct(sum(r["correct"] for r in img), len(img)),
                    "all/accuracy": pct(sum(r["correct"] for r in rows), len(rows)),
-                   "missing": sum(r["answer"] is None for r in rows), "unmatched": paired.unmatched,
-                   "unparsed": unparsed}, rows)
+                   "missing": sum(r["answer"] is None for r in img), "text_only": len(rows) - len(img),
+                   "unmatched": paired.unmatched, "unparsed": unparsed}, rows)
 
 
 # ---------------------------------------------------------------------------- toy world

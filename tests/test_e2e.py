@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 from pathlib import Path
 
@@ -21,21 +20,6 @@ from seva_tasks.config import ROOT, load_config
 
 pytestmark = pytest.mark.slow
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    serve.start(port, home)
-    yield port, home
-    serve.stop(home)
 
 
 def _run(server, data_dir: Path, deployment: str = "seva/full", **params) -> dict[str, str]:

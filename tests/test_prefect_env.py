@@ -11,25 +11,18 @@ import http.server
 import json
 import os
 import re
-import socket
 import subprocess
 import threading
 
 import pytest
 
+from conftest import free_port
 from seva_tasks import serve
 from seva_tasks.cli import main
 from seva_tasks.config import ROOT
 from seva_tasks.errors import SevaError
 
 SEVA = ROOT / ".venv/bin/seva"
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -67,7 +60,7 @@ def _clean(**extra: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ the helper's decisions
 def test_no_server_means_a_temporary_one_with_project_defaults():
-    env = serve.configured(_clean(), port=_closed_port())
+    env = serve.configured(_clean(), port=free_port())
     assert "PREFECT_API_URL" not in env  # Prefect starts a temporary server for the process
     assert env["PREFECT_HOME"] == str(ROOT / ".prefect")
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
@@ -77,13 +70,13 @@ def test_no_server_means_a_temporary_one_with_project_defaults():
 
 def test_explicit_settings_win_over_defaults(tmp_path):
     env = serve.configured(_clean(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="999"),
-                           port=_closed_port())
+                           port=free_port())
     assert env["PREFECT_HOME"] == str(tmp_path)
     assert env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "999"
 
 
 def test_an_empty_api_url_counts_as_unset():
-    assert "PREFECT_API_URL" not in serve.configured(_clean(PREFECT_API_URL=" "), port=_closed_port())
+    assert "PREFECT_API_URL" not in serve.configured(_clean(PREFECT_API_URL=" "), port=free_port())
 
 
 def test_a_healthy_serve_on_the_port_is_used(http_server):
@@ -112,7 +105,7 @@ def test_an_explicit_api_url_that_answers_wins_over_serve(http_server):
 
 @pytest.mark.parametrize("url_of", [lambda p: f"http://127.0.0.1:{p}/api", lambda p: "not a url"])
 def test_an_explicit_api_url_that_does_not_answer_is_a_clear_error(url_of):
-    port = _closed_port()
+    port = free_port()
     url = url_of(port)
     with pytest.raises(SevaError) as err:
         serve.configured(_clean(PREFECT_API_URL=url))
@@ -124,7 +117,7 @@ def test_an_explicit_api_url_that_does_not_answer_is_a_clear_error(url_of):
 
 def test_use_prefect_sets_this_process_up(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "environ", _clean(PREFECT_API_URL="", PREFECT_HOME=str(tmp_path)))
-    assert serve.use_prefect(port=_closed_port()) is None
+    assert serve.use_prefect(port=free_port()) is None
     assert "PREFECT_API_URL" not in os.environ
     assert os.environ["PREFECT_HOME"] == str(tmp_path) and os.environ["HF_HUB_OFFLINE"] == "1"
 
@@ -156,7 +149,7 @@ def test_prefect_losing_its_server_becomes_one_line(monkeypatch, raised):
 
 
 def test_cli_reports_a_dead_api_url_in_one_line(monkeypatch, capsys):
-    url = f"http://127.0.0.1:{_closed_port()}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"
     monkeypatch.setenv("PREFECT_API_URL", url)
     for argv in (["run", "--until", "sample"], ["experiment"]):
         assert main(argv) == 2
@@ -166,7 +159,7 @@ def test_cli_reports_a_dead_api_url_in_one_line(monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------ the real CLI
 def test_seva_run_with_a_dead_api_url_fails_clearly(tmp_path):
-    url = f"http://127.0.0.1:{_closed_port()}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"
     env = _clean(PREFECT_API_URL=url, PREFECT_HOME=str(tmp_path / "prefect"))
     out = subprocess.run([str(SEVA), "run", "--until", "sample", f"data_dir={tmp_path / 'data'}"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -182,7 +175,7 @@ def test_seva_run_with_a_dead_api_url_fails_clearly(tmp_path):
 def test_seva_run_until_sample_without_a_server(tmp_path):
     # No PREFECT_API_URL and nothing on the port seva looks at (SEVA_PREFECT_PORT: so a `seva serve`
     # someone runs on 4200 cannot take the run over): Prefect starts a temporary server.
-    env = _clean(PREFECT_HOME=str(tmp_path / "prefect"), SEVA_PREFECT_PORT=str(_closed_port()), TQDM_DISABLE="1")
+    env = _clean(PREFECT_HOME=str(tmp_path / "prefect"), SEVA_PREFECT_PORT=str(free_port()), TQDM_DISABLE="1")
     data = tmp_path / "data"
     # pretrain=null: the toy preset's pretrain stage comes before sample (~3-4 CPU minutes) and
     # sample does not need it.

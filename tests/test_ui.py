@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 
@@ -57,21 +56,6 @@ def test_embed_leaves_no_relative_image_path(tmp_path):
     out = plots.embed(md, tmp_path)
     assert plots.relative_images(out) == [] and out.count("](data:image/png;base64,iVBORw0KGgo") == 1
     assert "*(B: plots/b.png not found)*" in out and "![C](https://example.org/c.png)" in out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    serve.start(port, home)
-    yield port, home
-    serve.stop(home)
 
 
 def _deploy(server, deployment: str, params: dict) -> str:

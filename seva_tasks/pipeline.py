@@ -1,6 +1,6 @@
 """The stage graph, its cache keys, and status: everything the flow and the CLI share.
 
-    STAGES  one `Stage` per step, in run order: its `run`, the inputs it reads, its config section.
+    STAGES  one `Stage` per step, in run order: its module (`run`), the inputs it reads, its config section.
 
 A stage's inputs are upstream artifact dirs and, for the stages that load weights, `model`: the
 model this run starts from (the preset's `model:`, or the pretrain stage's output when the preset

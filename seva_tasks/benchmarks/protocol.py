@@ -34,6 +34,7 @@ from seva_tasks.engines import EngineConfig
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import Template
+from seva_tasks.store import write_atomic
 
 WORK = "_work"
 log = logging.getLogger(__name__)
@@ -144,18 +145,18 @@ def _write_answers(path: Path, name: str, qs: list, jobs: list[dict], label: str
 
     res = {r["req_id"]: r for j in jobs for r in pq.read_table(j["results"]).to_pylist()}
     drops: dict[str, int] = {}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for i, q in enumerate(qs):
-            r = res.get(f"{name}#{i}")
-            if r is None or r["error"] is not None:
-                reason = "text_only" if r is None else r["error"].split(":")[0]
-                drops[reason] = drops.get(reason, 0) + 1
-                continue
-            f.write(json.dumps({"question_id": q.question_id, "prompt": q.text, "text": r["text"].strip(),
-                                "answer_id": r["req_id"], "model_id": label,
-                                "metadata": {"finish_reason": r["finish_reason"], "tokens": r["gen_tokens"]}}) + "\n")
-    tmp.replace(path)  # a file here means this benchmark is answered (what a resumed run skips)
+    lines = []
+    for i, q in enumerate(qs):
+        r = res.get(f"{name}#{i}")
+        if r is None or r["error"] is not None:
+            reason = "text_only" if r is None else r["error"].split(":")[0]
+            drops[reason] = drops.get(reason, 0) + 1
+            continue
+        lines.append(json.dumps({"question_id": q.question_id, "prompt": q.text, "text": r["text"].strip(),
+                                 "answer_id": r["req_id"], "model_id": label,
+                                 "metadata": {"finish_reason": r["finish_reason"], "tokens": r["gen_tokens"]}}) + "\n")
+    # Atomic: a file here means this benchmark is answered (what a resumed run skips).
+    write_atomic(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
     truncated = sum(r["finish_reason"] == "length" for r in res.values() if r["error"] is None)
     return {"questions": len(qs), "answered": len(qs) - sum(drops.values()), "drops": drops, "truncated": truncated}
 
@@ -187,6 +188,11 @@ class Judges:
 
     def __exit__(self, *exc):
         self.stack.close()
+
+
+def judge_of(results: dict[str, dict]) -> dict | None:
+    """The judge's identity, if any benchmark of `evaluate_model`'s results used one."""
+    return next((r["judge"] for r in results.values() if "judge" in r), None)
 
 
 def _uses_judge(cfg: EvaluateConfig, name: str) -> bool:

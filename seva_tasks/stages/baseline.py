@@ -40,5 +40,5 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     for name, value in headline.items():
         log.info("Base model on %s: %s %s", name, B.get(name).HEADLINE, value)
     return {"model": str(model), "headline": headline, "answers": {n: r["answers"] for n, r in results.items()},
-            "judge": next((r["judge"] for r in results.values() if "judge" in r), None),
+            "judge": protocol.judge_of(results),
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -79,7 +79,7 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     aligned_scores = {n: json.loads((out_dir / "scores" / f"{n}.json").read_text()) for n in results}
     rows, bench = _collect({"base": base_scores, "aligned": aligned_scores})
     _write_results(rows, out_dir / RESULTS)
-    judge = next((r["judge"] for r in results.values() if "judge" in r), None)
+    judge = protocol.judge_of(results)
     metrics = {"models": {"base": str(base_model), "aligned": str(aligned)}, "judge": judge, "benchmarks": bench,
                "answers": {"aligned": {n: r["answers"] for n, r in results.items()}}}
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=1))

@@ -40,9 +40,10 @@ def test_chat_template_prompt_is_the_models_own(toy_model):
     from seva_tasks import toy
     from seva_tasks.llava.prompts import prompt_builder
 
-    # the toy's chat template is vicuna_v1, so all three renderings must agree
+    # the toy carries llava-hf's template: no system prompt, unlike LLaVA's own strings
     q = "Who wrote this book?"
-    assert prompt_builder("chat_template", toy_model)(q) == toy.prompt(q) == conv_prompt(q, "vicuna_v1")
+    assert prompt_builder("chat_template", toy_model)(q) == f"USER: <image>\n{q} ASSISTANT:"
+    assert prompt_builder("vicuna_v1", toy_model)(q) == toy.prompt(q) == conv_prompt(q, "vicuna_v1")
 
 
 @pytest.mark.parametrize("step", [500, 800])
@@ -73,6 +74,32 @@ def test_vision_encoder_equals_llava_image_features(toy_model, toy_image):
     got = VisionEncoder(toy_model)(pv)[0]
     assert got.shape == ref.shape == (16, 64)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_vision_encoder_runs_a_float16_preset_in_float32_on_the_cpu(toy_model, toy_image):
+    import torch
+
+    from seva_tasks.engines.vision import ImagePrep, VisionEncoder
+
+    pv = torch.cat([ImagePrep(toy_model).noised(toy_image, 500, s) for s in (7, 8)])  # a batch of two
+    half, full = VisionEncoder(toy_model, "float16"), VisionEncoder(toy_model, "float32")
+    assert (half.device, half.dtype) == ("cpu", torch.float32)  # no half-precision CPU kernels needed
+    got = half(pv)
+    assert got.dtype == torch.float16 and got.device.type == "cpu" and got.shape == (2, 16, 64)  # vLLM's dtype
+    torch.testing.assert_close(got, full(pv).half())
+
+
+def test_vision_device_uses_the_gpu_when_there_is_one(monkeypatch):
+    import torch
+
+    from seva_tasks.engines.vision import vision_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert vision_device("auto") == "cuda" and vision_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert vision_device("auto") == "cpu"
+    with pytest.raises(RuntimeError, match="vision_device=auto"):
+        vision_device("cuda")
 
 
 def test_square_image_is_llava_pad_path(toy_model, toy_image):

@@ -142,7 +142,7 @@ def test_mmvet_garbage_scores_are_reasked_then_counted_as_failures(serve):
     judge = make_judge(srv.url)
     assert J.mmvet_grade(judge, "Q?", "A", "B", run=0) is None
     temps = [r["body"]["temperature"] for r in srv.requests]
-    assert temps == [0.0, 0.5, 1.0, 1.5, 2.0]  # mm-vet_evaluator.py: +0.5 per re-ask, 5 tries
+    assert temps == [0.0, 0.0, 0.5, 1.0, 1.5]  # mm-vet_evaluator.py: a re-ask is sent, then +0.5; 5 replies read
     assert srv.requests[1]["body"]["messages"][0]["content"].endswith(J.MMVET_REASK)
     assert all(r["body"]["max_tokens"] == 3 for r in srv.requests)
 

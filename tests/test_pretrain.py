@@ -73,7 +73,8 @@ def test_pretrain_publishes_a_full_model_dir_with_vllm_names(built):
 
     _, ref = built
     out, base = Path(ref["path"]) / "model", toy.model_dir(ToyConfig())
-    for name in ("config.json", "tokenizer.json", "processor_config.json", "chat_template.jinja", "generation_config.json"):
+    for name in ("config.json", "tokenizer.json", "processor_config.json", "preprocessor_config.json", "chat_template.json",
+                 "generation_config.json"):
         assert (out / name).read_bytes() == (base / name).read_bytes(), name
     with safe_open(out / "model.safetensors", "pt") as f, safe_open(base / "model.safetensors", "pt") as g:
         names = sorted(f.keys())
@@ -149,16 +150,17 @@ def test_config_rejects_unknown_sources_listing_them():
 
 
 def test_encode_masks_everything_but_answers():
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(toy.model_dir(ToyConfig()))
+    image = AutoConfig.from_pretrained(toy.model_dir(ToyConfig())).image_token_index
     turns = [{"from": "human", "value": "What color is the circle?\n<image>"}, {"from": "gpt", "value": "red"},
              {"from": "human", "value": "How many circles are there?"}, {"from": "gpt", "value": "2"}]
-    ids, labels = pretrain._encode(turns, tok, 4, 16, True)
+    ids, labels = pretrain._encode(turns, tok, image, 16, True)
     text = tok.decode(ids)
-    assert text.startswith("<s>" + SYSTEMS["vicuna_v1"] + " USER: " + "<image>" * 16 + "\nWhat color is the circle? ASSISTANT: red</s>")
+    assert text.startswith("<s> " + SYSTEMS["vicuna_v1"] + " USER: " + "<image>" * 16 + "\nWhat color is the circle? ASSISTANT: red</s>")
     assert text.endswith("USER: How many circles are there? ASSISTANT: 2</s>")
-    assert tok.decode([t for t in labels if t != -100]) == " red</s> 2</s>"
+    assert tok.convert_ids_to_tokens([t for t in labels if t != -100]) == ["\u2581red", "</s>", "\u25812", "</s>"]
     prompt_ids = tok(toy.prompt("What color is the circle?")).input_ids  # what generation sees
-    prompt_ids[prompt_ids.index(4):prompt_ids.index(4) + 1] = [4] * 16
+    prompt_ids[prompt_ids.index(image):prompt_ids.index(image) + 1] = [image] * 16
     assert ids[: len(prompt_ids)] == prompt_ids

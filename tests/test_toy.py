@@ -182,16 +182,37 @@ def test_checkpoint_uses_the_names_vllm_loads(world):
     assert dtypes == {"torch.float32"}
 
 
-def test_tokenizer_and_chat_template(world):
-    from transformers import AutoProcessor
+def test_tokenizer_and_chat_template_are_llava_hf_s(world):
+    import json
 
-    proc = AutoProcessor.from_pretrained(toy.model_dir(world))
-    ids = proc.tokenizer("USER: <image>\nHi").input_ids
-    assert ids[0] == proc.tokenizer.bos_token_id == 1 and ids.count(4) == 1
-    assert proc.tokenizer.convert_ids_to_tokens(4) == "<image>" and proc.tokenizer.eos_token == "</s>"
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
-    assert proc.apply_chat_template(messages, add_generation_prompt=True) == toy.prompt("What is this?")
-    assert proc.tokenizer.decode(proc.tokenizer("Hi 请 there").input_ids, skip_special_tokens=True) == "Hi  there"
+    from transformers import AutoConfig, AutoProcessor
+
+    from seva_tasks.toy.model import CHAT_TEMPLATE
+
+    path = toy.model_dir(world)
+    proc, config = AutoProcessor.from_pretrained(path), AutoConfig.from_pretrained(path)
+    tok = proc.tokenizer
+    # Llama's layout: <unk> <s> </s> = 0 1 2, byte tokens next, <image> and <pad> added after the vocabulary
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3, 258]) == ["<unk>", "<s>", "</s>", "<0x00>", "<0xFF>"]
+    assert (config.image_token_index, config.pad_token_id) == (len(tok) - 2, len(tok) - 1)
+    assert tok.convert_ids_to_tokens([len(tok) - 2, len(tok) - 1]) == ["<image>", "<pad>"] and tok.pad_token == "<pad>"
+    ids = tok("USER: <image>\nHi").input_ids
+    assert ids[0] == tok.bos_token_id == 1 and ids.count(config.image_token_index) == 1
+    toks = tok.convert_ids_to_tokens(ids)
+    assert toks[toks.index("<image>") + 1] == "<0x0A>" and toks[-1] != "\u2581"  # \n by byte fallback, no ▁ after a special
+    assert tok(" red", add_special_tokens=False).input_ids == tok.encode("red", add_special_tokens=False)  # ▁ prepended once
+    assert tok.decode(tok("Hi 请 there").input_ids, skip_special_tokens=True) == "Hi 请 there"  # bytes round-trip
+    # llava-hf's files and template: no system prompt, and no </s> after the assistant's answer
+    assert json.loads((path / "chat_template.json").read_text())["chat_template"] == CHAT_TEMPLATE
+    assert json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+    images = json.loads((path / "preprocessor_config.json").read_text())
+    assert images["resample"] == 3 and images["image_mean"] == [0.48145466, 0.4578275, 0.40821073]
+    assert {"vision_feature_select_strategy", "num_additional_image_tokens", "patch_size"} <= set(
+        json.loads((path / "processor_config.json").read_text()))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
+    assert proc.apply_chat_template(messages) == "USER: <image>\nWhat is this? ASSISTANT: A cat. "
+    assert proc.apply_chat_template(messages[:1], add_generation_prompt=True) == "USER: <image>\nWhat is this? ASSISTANT:"
 
 
 def test_tiny_llava_generates_greedily_in_transformers(world):

@@ -14,6 +14,7 @@ from seva_tasks import toy
 from seva_tasks.stages import train
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.toy import ToyConfig
+from seva_tasks.preference import PreferenceCollator
 from seva_tasks.stages.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 # High lr and a constant schedule so a handful of steps visibly moves the margins (as TRL's own tests do);
 # 8 pairs ×2 in batches of 8: 2 steps per epoch, 6 steps, a checkpoint every 2.
-FAST = dict(precision="fp32", gradient_checkpointing=True, learning_rate=1e-2, lr_scheduler_type="constant",
+FAST = dict(precision="fp32", gradient_checkpointing=True, learning_rate=3e-3, lr_scheduler_type="constant",
             lora_r=8, lora_alpha=16, per_device_train_batch_size=8, repeat=2, max_steps=6, save_steps=2,
             max_length=None, merged_dtype="float32", seed=0)
 
@@ -107,6 +108,61 @@ def _logits(model, batch):
 
     with torch.no_grad():
         return model.eval()(**batch).logits.float()
+
+
+# ---- the training sequence ----
+
+
+def test_training_sequence_is_llava_preprocess_v1_not_the_checkpoint_template(model_dir):
+    """The toy model carries llava-hf's real chat template (no system prompt, no </s>); DPO still scores
+    LLaVA's preprocess_v1 string, tokenized as one string, with the loss on the answer and </s>."""
+    from PIL import Image
+    from transformers import AutoConfig, AutoProcessor
+
+    from seva_tasks.llava.prompts import SYSTEMS
+
+    proc, config = AutoProcessor.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir)
+    tok, rows = proc.tokenizer, [{**r, "images": [Image.open(r["image_path"])]} for r in _rows(2)]  # as datasets decodes
+    batch = PreferenceCollator(proc, "vicuna_v1")(rows)
+    assert batch["input_ids"].shape[0] == 4 and batch["pixel_values"].shape[0] == 4  # [chosen x2, rejected x2]
+    for i, (row, side) in enumerate((r, s) for s in ("chosen", "rejected") for r in rows):
+        q, a = row["prompt"][0]["content"], row[side][0]["content"]
+        expected = f"{SYSTEMS['vicuna_v1']} USER: <image>\n{q} ASSISTANT: {a}</s>"  # LLaVA's conv.get_prompt()
+        keep = batch["attention_mask"][i].bool()
+        ids, loss = batch["input_ids"][i][keep].tolist(), batch["completion_mask"][i][keep].tolist()
+        assert ids[0] == tok.bos_token_id and ids.count(config.image_token_index) == 16
+        assert tok.decode(ids[1:]) == expected.replace("<image>", "<image>" * 16)
+        whole = tok(expected).input_ids  # the string tokenized at once, as LLaVA's preprocess_v1 does
+        at = whole.index(config.image_token_index)
+        assert ids == whole[:at] + whole[at:at + 1] * 16 + whole[at + 1:]
+        answer = [t for t, x in zip(ids, loss) if x]
+        assert answer[-1] == tok.eos_token_id and tok.decode(answer) == f"{a}</s>" and loss[-len(answer):] == [1] * len(answer)
+    # The control: the checkpoint's template (what TRL's collator would render) is not that string.
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A."}]}]
+    rendered = proc.apply_chat_template(messages)
+    assert SYSTEMS["vicuna_v1"] not in rendered and "</s>" not in rendered
+
+
+def test_encode_refuses_a_token_across_the_answer_boundary(model_dir):
+    from transformers import AutoTokenizer
+
+    from seva_tasks.llava.prompts import encode
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids, loss = encode(tok, [("USER: hi ASSISTANT:", False), (" red</s>", True)])
+    assert tok.convert_ids_to_tokens([t for t, x in zip(ids, loss) if x]) == ["\u2581red", "</s>"]
+    with pytest.raises(ValueError, match="boundary"):
+        encode(tok, [("USER: hi ASSISTANT: re", False), ("d</s>", True)])  # `▁red` would straddle it
+
+
+def test_show_example_prints_what_dpo_trains_on(tmp_path, model_dir):
+    filt = _write_pairs(tmp_path / "filter", _rows(2))
+    text = train.show_example(TrainConfig(**FAST), model_dir, filt / "pairs.parquet")
+    assert "A chat between a curious user" in text and "<image>×16" in text
+    chosen, rejected = (line for line in text.splitlines() if line.startswith("  \u2581"))
+    assert chosen.endswith("</s>") and rejected.endswith("</s>")
+    assert "pixel_values: (2, 3, 64, 64)" in text
 
 
 # ---- outcome ----
@@ -274,12 +330,19 @@ def test_max_length_that_cuts_image_tokens_is_a_config_error(tmp_path, model_dir
     assert not (tmp_path / "out" / "checkpoints").exists()  # refused before training
 
 
-def test_image_token_in_the_question_is_an_input_error(tmp_path, model_dir):
-    rows = _rows(2)
-    rows[1]["prompt"][0]["content"] = "<image>\n" + rows[1]["prompt"][0]["content"]
+def test_image_token_in_the_question_moves_to_the_front_or_is_an_input_error(tmp_path, model_dir):
+    from transformers import AutoProcessor
+
+    clean, rows = _rows(2), _rows(2)
+    rows[1]["prompt"][0]["content"] = rows[1]["prompt"][0]["content"] + "\n<image>"
     filt = _write_pairs(tmp_path / "filter", rows)
+    proc = AutoProcessor.from_pretrained(model_dir)
+    lengths = [train._prompt_lengths(train._load_pairs(_write_pairs(tmp_path / name, r) / "pairs.parquet"),
+                                     TrainConfig(**FAST), proc)[0] for name, r in (("clean", clean), ("tagged", rows))]
+    assert lengths[0] == lengths[1]  # LLaVA templates: preprocess_multimodal's rule, the image leads the question, once
+    # the checkpoint's template renders the text as it is: two image slots for one image
     with pytest.raises(InputError, match="literal '<image>'.*pair 1"):
-        train.run(TrainConfig(**FAST), {"filter": filt, "model": model_dir}, tmp_path / "out")
+        train.run(TrainConfig(**FAST, conv_template="chat_template"), {"filter": filt, "model": model_dir}, tmp_path / "out")
 
 
 def test_lora_targets_that_match_nothing_are_a_config_error(tmp_path, model_dir):

@@ -49,9 +49,11 @@ What is x in the equation? | -1 <AND> -5 | x = -1 or x = -5 | 1.0
 Can you explain this meme? | This meme is poking fun at the fact that the names of the countries Iceland and Greenland are misleading. Despite its name, Iceland is known for its beautiful green landscapes, while Greenland is mostly covered in ice and snow. The meme is saying that the person has trust issues because the names of these countries do not accurately represent their landscapes. | The meme talks about Iceland and Greenland. It's pointing out that despite their names, Iceland is not very icy and Greenland isn't very green. | 0.4
 Can you explain this meme? | This meme is poking fun at the fact that the names of the countries Iceland and Greenland are misleading. Despite its name, Iceland is known for its beautiful green landscapes, while Greenland is mostly covered in ice and snow. The meme is saying that the person has trust issues because the names of these countries do not accurately represent their landscapes. | The meme is using humor to point out the misleading nature of Iceland's and Greenland's names. Iceland, despite its name, has lush green landscapes while Greenland is mostly covered in ice and snow. The text 'This is why I have trust issues' is a playful way to suggest that these contradictions can lead to distrust or confusion. The humor in this meme is derived from the unexpected contrast between the names of the countries and their actual physical characteristics. | 1.0
 """
-# mm-vet_evaluator.py appends this when a reply is not a number, raising temperature by 0.5 each time.
+# mm-vet_evaluator.py appends this when a reply is not a number. It sends each re-ask at the current
+# temperature and only then raises it by 0.5: the first re-ask is still at 0, then 0.5, 1.0, 1.5.
 MMVET_REASK = "\nPredict the correctness of the answer (digit): "
-MMVET_TRIES = 5  # the evaluator stops after its 5th unparsable reply (and then writes 0.0; we don't)
+MMVET_TRIES = 5  # replies it parses: the ask and 4 re-asks (its 5th re-ask is sent but never read; we skip
+# it), then it writes 0.0; we record a judge failure instead
 
 # haotian-liu/LLaVA @c121f04 llava/eval/eval_gpt_review_bench.py (gpt-4-0314, temperature 0.2,
 # max_tokens 1024) and llava/eval/table/rule.json (the three llava_bench_* rules are identical).
@@ -214,18 +216,18 @@ def parse_mmvet(content: str) -> float | None:
 
 
 def mmvet_grade(judge: Judge, question: str, truth: str, prediction: str, run: int) -> float | None:
-    """One MM-Vet grading: ask, re-ask with the digit hint at +0.5 temperature; None = judge failure."""
-    query, temperature = mmvet_query(question, truth, prediction), 0.0
-    for _ in range(MMVET_TRIES):
+    """One MM-Vet grading: ask at temperature 0, re-ask with the digit hint at 0, 0.5, 1.0, 1.5; None = judge failure."""
+    query = mmvet_query(question, truth, prediction)
+    for attempt in range(MMVET_TRIES):
         try:
-            content = judge.chat([{"role": "user", "content": query}], temperature=temperature, max_tokens=3, run=run)
+            content = judge.chat([{"role": "user", "content": query}], temperature=0.5 * max(attempt - 1, 0),
+                                 max_tokens=3, run=run)
         except JudgeCallFailed:
             return None
         score = parse_mmvet(content)
         if score is not None:
             return score
         query = mmvet_query(question, truth, prediction) + MMVET_REASK
-        temperature += 0.5
     return None
 
 

@@ -33,6 +33,7 @@ class EngineConfig(StageConfig):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (ignored when greedy).")
     seed: int = Field(0, description="Sampling seed (greedy decoding does not use it).")
     max_model_len: int = Field(2048, ge=16, description="Context length: prompt (text + image tokens) + answer. Longer prompts are dropped per row.")
+    vision_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Exact-noise mode: where the vision tower + projector embed the noised images ('auto': the GPU if torch sees one; on the CPU always float32).")
     pad_to_square: bool = Field(True, description="LLaVA-1.5's `image_aspect_ratio=pad`: pad with the mean colour, then resize (else the processor's resize+crop).")
     batch_size: int = Field(1, ge=1, description="hf only: rows per generate call (1 = SeVa's path; >1 pads left).")
     kv_cache_memory_bytes: int | None = Field(None, ge=1, description="vllm: KV-cache bytes. Required on CPU (else vLLM asks for 92% of RAM); None on GPUs uses gpu_memory_utilization.")

@@ -92,10 +92,26 @@ _TOWER = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)$")
 _PROJ = re.compile(r"^(?:model\.)?multi_modal_projector\.(.+)$")
 
 
-class VisionEncoder:
-    """LLaVA's image path outside the LLM: CLIP vision tower -> feature layer -> projector."""
+def vision_device(setting: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cpu'/'cuda' as asked."""
+    import torch
 
-    def __init__(self, model: Path, dtype: str = "float32"):
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("vision_device=cuda but torch sees no GPU; set generate.engine.vision_device=auto (or cpu).")
+    return setting
+
+
+class VisionEncoder:
+    """LLaVA's image path outside the LLM: CLIP vision tower -> feature layer -> projector.
+
+    Runs on `device` ('auto': the GPU when there is one: SeVa's ~16k noised images take hours on a
+    CPU) in the preset's dtype there, and always in float32 on the CPU (half-precision CPU kernels
+    are slow or missing); the embeddings are handed to vLLM on the CPU in the model's dtype.
+    """
+
+    def __init__(self, model: Path, dtype: str = "float32", device: str = "auto"):
         import torch
         from safetensors import safe_open
         from transformers import AutoConfig, AutoModel
@@ -103,7 +119,9 @@ class VisionEncoder:
 
         config = AutoConfig.from_pretrained(str(model), local_files_only=True)
         self.layer, self.strategy = config.vision_feature_layer, config.vision_feature_select_strategy
-        self.dtype = resolve_dtype(config, dtype)
+        self.out_dtype = resolve_dtype(config, dtype)
+        self.device = vision_device(device)
+        self.dtype = self.out_dtype if self.device != "cpu" else torch.float32
         self.tower = AutoModel.from_config(config.vision_config)
         self.projector = LlavaMultiModalProjector(config)
         tower_sd, proj_sd = {}, {}
@@ -116,17 +134,17 @@ class VisionEncoder:
         prefix = "vision_model." if any(k.startswith("vision_model.") for k in self.tower.state_dict()) else ""
         self.tower.load_state_dict({prefix + k: v for k, v in tower_sd.items()}, strict=True)
         self.projector.load_state_dict(proj_sd, strict=True)
-        self.tower.to(self.dtype).eval()
-        self.projector.to(self.dtype).eval()
+        self.tower.to(self.device, self.dtype).eval()
+        self.projector.to(self.device, self.dtype).eval()
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] -> [B, image_tokens, text_hidden] (what LLaVA splices in for `<image>`)."""
+        """[B, 3, S, S] -> [B, image_tokens, text_hidden] on the CPU (what LLaVA splices in for `<image>`)."""
         import torch
 
         with torch.inference_mode():
-            out = self.tower(pixel_values.to(self.dtype), output_hidden_states=True)
+            out = self.tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
             layers = [self.layer] if isinstance(self.layer, int) else list(self.layer)
             feats = [out.hidden_states[i] for i in layers]
             if self.strategy == "default":
                 feats = [f[:, 1:] for f in feats]
-            return self.projector(torch.cat(feats, dim=-1))
+            return self.projector(torch.cat(feats, dim=-1)).to("cpu", self.out_dtype)

@@ -69,7 +69,7 @@ class VllmEngine:
         self.image_token_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
         self.image_tokens = image_tokens(config)
         self.prep = ImagePrep(path, pad=cfg.pad_to_square)
-        self.encoder = VisionEncoder(path, cfg.dtype) if embeds else None
+        self.encoder = VisionEncoder(path, cfg.dtype, cfg.vision_device) if embeds else None
         from vllm.exceptions import VLLMValidationError
 
         self.row_errors = (OSError, VLLMValidationError)  # a bad image / a rejected prompt, not a broken engine

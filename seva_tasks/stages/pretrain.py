@@ -44,7 +44,7 @@ from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
-from seva_tasks.llava.prompts import SHORT_ANSWER, SYSTEMS
+from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
 from seva_tasks.toy import mix
 from seva_tasks.toy.heldout import accuracy, heldout, load, majority
 from seva_tasks.toy.scenes import random_scene, render
@@ -149,17 +149,11 @@ def _conversations(cfg: PretrainConfig) -> tuple[list[tuple[list[dict], Any]], d
 
 
 def _encode(turns: list[dict], tok, image_id: int, image_tokens: int, has_image: bool) -> tuple[list[int], list[int]]:
-    """vicuna_v1 ids and labels (-100 outside answers), `<image>` first and expanded as the processor does."""
-    ids, labels = [], []
-    for i in range(0, len(turns) - 1, 2):
-        q, a = turns[i]["value"], turns[i + 1]["value"]
-        if i == 0 and has_image:  # LLaVA's preprocess_multimodal: the image always leads the first turn
-            q = "<image>\n" + q.replace("<image>", "").strip()
-        head = (SYSTEMS["vicuna_v1"] + " " if i == 0 else "") + f"USER: {q} ASSISTANT:"
-        p = tok(head, add_special_tokens=i == 0).input_ids
-        ans = tok(" " + a, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        ids += p + ans
-        labels += [-100] * len(p) + ans
+    """LLaVA's preprocess_v1 ids and labels (-100 outside answers and their `</s>`), `<image>` first and
+    expanded as the processor does."""
+    rounds = [(turns[i]["value"], turns[i + 1]["value"]) for i in range(0, len(turns) - 1, 2)]
+    ids, loss = encode(tok, conversation(rounds, "vicuna_v1", image=has_image))
+    labels = [t if x else -100 for t, x in zip(ids, loss)]
     if has_image:
         at = ids.index(image_id)
         ids[at:at + 1] = [image_id] * image_tokens

@@ -8,9 +8,21 @@
 SeVa's recipe (reference/seva-recipe.md §1e) on stock TRL: sigmoid DPO on summed log-probs, both
 answers conditioned on the clean image (the pairs' `images`), LoRA on every linear layer of the
 language model, the projector trained in full (`modules_to_save`), the vision tower frozen, the data
-repeated ×`repeat`. One difference, on purpose: the reference is the policy with its adapter disabled
-(TRL's default with PEFT), not SeVa's second full copy; at step 0 they are the same function, and
-bench/dpo_memory.py measures the memory it saves.
+repeated ×`repeat`, warmup as SeVa effectively ran it (warmup_steps 0.03 -> ceil(0.03·steps) in the
+paper presets). Each side of a pair is LLaVA's `preprocess_v1` string (`conv_template: vicuna_v1`:
+system prompt, `USER: <image>\n{q} ASSISTANT: {a}</s>`), tokenized at once, loss on the answer and
+`</s>` (`PreferenceCollator`), never the checkpoint's chat template, which for llava-hf lacks both.
+
+The reference model. The reference is the policy with its adapter disabled (TRL's default with PEFT),
+not SeVa's second full copy; at step 0 they are the same function, and bench/dpo_memory.py measures
+the memory it saves. With the adapter disabled, PEFT's `modules_to_save` copy of the projector is
+disabled too, so our reference keeps the *original* projector all along. SeVa's reference log-probs
+go through the policy's *current*, trainable projector (a reading of its LlavaDPOTrainer; the frozen
+copy of reference/seva-recipe.md §1e gets its image features from the policy), so its reference
+drifts with the projector while ours stays fixed; the two agree at step 0 and differ by
+however far the projector has moved (lr 2e-6: little). TRL has no switch for "disable LoRA but keep
+modules_to_save"; matching SeVa would mean training the projector outside PEFT and saving it beside
+the adapter, which we have not done.
 
 Outputs in out_dir:
     adapter/            PEFT adapter (safetensors: LoRA weights + the trained projector) + processor
@@ -43,6 +55,7 @@ from seva_tasks.artifacts import PAIRS
 from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import ConfigError, InputError, StageError
+from seva_tasks.preference import PreferenceCollator, encode_side, texts
 
 
 log = logging.getLogger(__name__)
@@ -59,6 +72,7 @@ class TrainConfig(StageConfig):
     Args: see each field's description. Returns: n/a.
     """
 
+    conv_template: Literal["vicuna_v1", "llava_v1", "chat_template"] = Field("vicuna_v1", description="Training sequence: LLaVA's preprocess_v1 with the 'vicuna_v1' system prompt (SeVa's `--version v1`): `{system} USER: <image>\\n{q} ASSISTANT: {a}</s>`, loss on the answer and </s>; or the checkpoint's own 'chat_template' (other model families).")
     trust_remote_code: bool = Field(False, description="Allow the model directory's own Python code (off: nothing runs but transformers).")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: load weights in bfloat16 and train in bf16 mixed precision (GPU); fp32 for CPU and tests.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass: less memory, ~20% slower.")
@@ -66,7 +80,7 @@ class TrainConfig(StageConfig):
     beta: float = Field(0.1, gt=0, description="DPO β: higher keeps the policy closer to the reference.")
     learning_rate: float = Field(2e-6, gt=0, description="Peak learning rate (AdamW).")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name, e.g. cosine, linear, constant.")
-    warmup_steps: float = Field(0, ge=0, description="Linear warmup: optimizer steps, or a fraction of all steps if < 1.")
+    warmup_steps: float = Field(0, ge=0, description="Linear warmup: optimizer steps, or a fraction of all steps if < 1 (SeVa's effective warmup: 0.03, i.e. ceil(0.03·steps)).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     num_train_epochs: float = Field(1, gt=0, description="Passes over the (repeated) pairs.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (overrides epochs); -1: train the epochs.")
@@ -132,41 +146,32 @@ def _load_pairs(pairs: Path):
     return datasets.Dataset(table).cast_column("images", datasets.Sequence(datasets.Image()))
 
 
-def _prompt_lengths(ds, processor) -> tuple[list[int], list[int], int]:
-    """Token counts as TRL's vision collator builds them: (prompt incl. image tokens, longest answer, tokens per image).
+def _prompt_lengths(ds, cfg: TrainConfig, processor) -> tuple[list[int], list[int], int]:
+    """Token counts as the collator builds them: (prompt incl. image tokens, longest answer, tokens per image).
 
     Assumes every image expands to the same number of tokens (true for LLaVA-1.5's fixed-size input).
     """
     import datasets
-    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
-    tok = processor.tokenizer
     first = ds[0]["images"][0]
     per_image = processor(images=[first], text=processor.image_token)["input_ids"][0].count(processor.image_token_id)
     raw = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
-    prompts, answers, n_images = [], [], []
-    for row in raw.select_columns(list(REQUIRED)):
-        ex = {"prompt": prepare_multimodal_messages(row["prompt"], images=row["images"]),
-              "chosen": prepare_multimodal_messages(row["chosen"]),
-              "rejected": prepare_multimodal_messages(row["rejected"])}
-        text = apply_chat_template(ex, processor)
-        prompts.append(text["prompt"])
-        answers += [text["chosen"], text["rejected"]]
-        n_images.append(len(row["images"]))
-    bad = [i for i, (text, k) in enumerate(zip(prompts, n_images)) if text.count(processor.image_token) != k]
-    if bad:
-        raise InputError(f"{len(bad)} pair(s) have a literal {processor.image_token!r} in their text or a different number "
-                         f"of images, e.g. pair {bad[0]}: {prompts[bad[0]][-200:]!r}. The prompt must be the bare question "
-                         "(the image goes in `images`); fix the sample/filter stage output and rerun.")
-    enc = lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
-    p_len = [n + k * (per_image - 1) for n, k in zip(enc(prompts), n_images)]
-    a_len = enc(answers)
-    return p_len, [max(a_len[2 * i], a_len[2 * i + 1]) for i in range(len(p_len))], per_image
+    p_len, a_len = [], []
+    for i, row in enumerate(raw.select_columns(list(REQUIRED))):
+        prompt = texts(row, "chosen", cfg.conv_template, processor)[0]
+        if prompt.count(processor.image_token) != len(row["images"]):
+            raise InputError(f"A literal {processor.image_token!r} in the text, or a number of images other than "
+                             f"the prompt's, in pair {i}: {prompt[-200:]!r}. The prompt must be the bare question (the "
+                             "image goes in `images`); fix the sample/filter stage output and rerun.")
+        sides = [encode_side(row, side, cfg.conv_template, processor)[1] for side in ("chosen", "rejected")]
+        p_len.append(sides[0].count(False) + len(row["images"]) * (per_image - 1))
+        a_len.append(max(loss.count(True) for loss in sides))
+    return p_len, a_len, per_image
 
 
 def _check_lengths(cfg: TrainConfig, ds, processor) -> dict:
     """Refuse a max_length that would cut image tokens (TRL: verify before using max_length with a VLM)."""
-    p_len, a_len, per_image = _prompt_lengths(ds, processor)
+    p_len, a_len, per_image = _prompt_lengths(ds, cfg, processor)
     longest = max(range(len(p_len)), key=p_len.__getitem__)
     stats = {"image_tokens": per_image, "max_prompt_tokens": p_len[longest], "max_total_tokens": max(map(sum, zip(p_len, a_len)))}
     if cfg.max_length is None:
@@ -179,6 +184,29 @@ def _check_lengths(cfg: TrainConfig, ds, processor) -> dict:
     if truncated:
         log.warning("max_length=%d cuts the answer tail of %d/%d pairs (images intact).", cfg.max_length, truncated, len(p_len))
     return {**stats, "truncated_pairs": truncated}
+
+
+def show_example(cfg: TrainConfig, base: Path, pairs: Path, index: int = 0) -> str:
+    """Pair `index` as the trainer sees it (what `seva inspect train-example` prints): the decoded prompt,
+    chosen and rejected tokens with the loss marked, and the image tensor's shape."""
+    processor = _load_processor(cfg, base)
+    batch = PreferenceCollator(processor, cfg.conv_template, cfg.max_length)([_load_pairs(pairs)[index]])
+    tok = processor.tokenizer
+    lines = [f"pair {index} of {pairs}, conv_template={cfg.conv_template}, model {base}"]
+    for i, side in enumerate(("chosen", "rejected")):
+        keep = batch["attention_mask"][i].bool()
+        ids, loss = batch["input_ids"][i][keep].tolist(), batch["completion_mask"][i][keep].tolist()
+        start = loss.index(1)
+        if i == 0:
+            text = tok.decode(ids[:start])
+            run = processor.image_token * text.count(processor.image_token)
+            lines += [f"prompt ({start} tokens, no loss):", "  " + text.replace(run, f"{processor.image_token}×{len(run) // max(len(processor.image_token), 1)}", 1)]
+        lines += [f"{side} ({len(ids) - start} tokens, all in the loss):", "  " + " ".join(tok.convert_ids_to_tokens(ids[start:])),
+                  f"  decoded: {tok.decode(ids[start:])!r}"]
+    pixels = batch.get("pixel_values")
+    lines.append(f"pixel_values: {tuple(pixels.shape)} {pixels.dtype} (chosen and rejected rows see the same image)"
+                 if pixels is not None else "pixel_values: none")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,21 +222,10 @@ def load_model(cfg: TrainConfig, model: Path, dtype: str | None = None):
                                                        trust_remote_code=cfg.trust_remote_code)
 
 
-def _load_processor(cfg: TrainConfig, model: Path, *, for_training: bool = False):
-    """The base processor; for training, its chat template also emits BOS when it doesn't already.
-
-    TRL's collator tokenizes with add_special_tokens=False and leaves BOS to the template; LLaVA-1.5's
-    vicuna template has none, while LLaVA (and vLLM at serving time) encode with BOS first.
-    """
+def _load_processor(cfg: TrainConfig, model: Path):
     from transformers import AutoProcessor
 
-    proc = AutoProcessor.from_pretrained(model, trust_remote_code=cfg.trust_remote_code)
-    tok = proc.tokenizer
-    if for_training and tok.bos_token and proc.chat_template and tok("x")["input_ids"][:1] == [tok.bos_token_id]:
-        rendered = proc.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
-        if not rendered.startswith(tok.bos_token):
-            proc.chat_template = "{{- bos_token -}}" + proc.chat_template
-    return proc
+    return AutoProcessor.from_pretrained(model, trust_remote_code=cfg.trust_remote_code)
 
 
 def _target_regex(cfg: TrainConfig) -> str:
@@ -260,13 +277,14 @@ def fit(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path):
     from trl import DPOTrainer
 
     args = _dpo_config(cfg, out_dir)  # before the model: under ZeRO-3 it decides how weights load
-    processor = _load_processor(cfg, base, for_training=True)
+    processor = _load_processor(cfg, base)
     ds = _load_pairs(pairs)
     lengths = _check_lengths(cfg, ds, processor)
     ds = concatenate_datasets([ds] * cfg.repeat)  # SeVa's `data * 2`; the sampler shuffles across copies
     model = load_model(cfg, base)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, processing_class=processor,
-                         peft_config=_lora_config(cfg, model, base), callbacks=[progress.trainer_callback("train")])
+                         data_collator=PreferenceCollator(processor, cfg.conv_template, cfg.max_length), peft_config=_lora_config(cfg, model, base),
+                         callbacks=[progress.trainer_callback("train")])
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("Resuming from %s.", last)

@@ -56,7 +56,7 @@ class ToyConfig(StageConfig):
     patch_size: int = Field(16, ge=1, description="Vision patch side; image tokens = (image_size / patch_size)^2.")
     hidden_size: int = Field(64, ge=32, description="Width of both towers; a multiple of 32 (heads of dim 32).")
     layers: int = Field(2, ge=2, description="Layers in each tower (LLaVA reads the penultimate CLIP layer).")
-    vocab_size: int = Field(1024, ge=300, description="Upper bound of the BPE vocabulary trained on the toy corpus.")
+    vocab_size: int = Field(1280, ge=512, description="Upper bound of the vocabulary (256 byte tokens included) trained on the toy corpus.")
     init_std: float = Field(0.02, gt=0, description="Std of the random weights (transformers' initializer_range).")
 
     @model_validator(mode="after")

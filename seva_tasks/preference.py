@@ -1,0 +1,81 @@
+"""DPO examples as the trainer sees them: each side of a preference pair rendered and tokenized whole.
+
+TRL's vision collator tokenizes prompt and answer separately and concatenates them, with the
+checkpoint's chat template. For LLaVA-1.5 that is wrong twice over: llava-hf's template has no
+system prompt and no `</s>`, and a SentencePiece tokenizer encodes the answer's first word
+differently on its own. `PreferenceCollator` gives DPOTrainer the batch it expects (rows
+[chosen..., rejected...]: input_ids, attention_mask, completion_mask, the processor's image
+tensors) built from LLaVA's `preprocess_v1` strings, or from the checkpoint's template when the
+config says `chat_template`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from seva_tasks.llava.prompts import Template, conversation, encode
+
+
+def texts(row: dict, side: str, template: Template, processor) -> tuple[str, str]:
+    """(prompt, answer) strings of one side ("chosen"/"rejected") of a pair, as training tokenizes them.
+
+    LLaVA templates: preprocess_v1 (`prompts.conversation`); `chat_template`: TRL's rendering with
+    the checkpoint's template.
+    """
+    if template == "chat_template":
+        from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+        ex = {"prompt": prepare_multimodal_messages(row["prompt"], images=row["images"]),
+              **{k: prepare_multimodal_messages(row[k]) for k in ("chosen", "rejected")}}
+        text = apply_chat_template(ex, processor)
+        return text["prompt"], text[side]
+    (prompt, _), (answer, _) = conversation([(_content(row["prompt"]), _content(row[side]))], template)
+    return prompt, answer
+
+
+def _content(messages: list[dict]) -> str:
+    """The text of a one-message conversational column (string content or typed text parts)."""
+    content = messages[-1]["content"]
+    return content if isinstance(content, str) else " ".join(p["text"] for p in content if p.get("type") == "text")
+
+
+def encode_pair(prompt: str, answer: str, template: Template, tokenizer) -> tuple[list[int], list[bool]]:
+    """Token ids of prompt + answer, tokenized as one string, and which carry loss (the answer's)."""
+    return encode(tokenizer, [(prompt, False), (answer, True)],
+                  add_special_tokens=template != "chat_template")  # a chat template writes its own BOS
+
+
+def encode_side(row: dict, side: str, template: Template, processor) -> tuple[list[int], list[bool]]:
+    return encode_pair(*texts(row, side, template, processor), template, processor.tokenizer)
+
+
+@dataclass
+class PreferenceCollator:
+    """DPOTrainer's `data_collator`: each side's (prompt, answer) string tokenized whole by the
+    processor, the completion mask from `encode_side` (checked against the processor's tokens)."""
+
+    processor: Any
+    template: Template = "vicuna_v1"
+    max_length: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        rows = [(ex, side) for side in ("chosen", "rejected") for ex in examples]
+        pieces = [texts(ex, side, self.template, self.processor) for ex, side in rows]
+        encoded = [encode_pair(*p, self.template, self.processor.tokenizer) for p in pieces]
+        strings = ["".join(p) for p in pieces]
+        batch = self.processor(images=[ex["images"] for ex, _ in rows], text=strings, padding=True, padding_side="right",
+                               add_special_tokens=self.template != "chat_template", return_tensors="pt")
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        completion = attention.new_zeros(attention.shape)
+        for i, (tokens, loss) in enumerate(encoded):
+            end, n = int(attention[i].sum()), sum(loss)
+            if ids[i, end - n:end].tolist() != [t for t, x in zip(tokens, loss) if x]:
+                raise ValueError(f"The processor tokenized the answer of pair side {rows[i][1]!r} differently than "
+                                 f"the tokenizer alone: {strings[i][-120:]!r}. Report this with the model's processor files.")
+            completion[i, end - n:end] = 1
+        batch["completion_mask"] = completion
+        if self.max_length is not None:  # keep_start, as TRL (the train stage checks that images survive)
+            for k in ("input_ids", "attention_mask", "completion_mask"):
+                batch[k] = batch[k][:, : self.max_length]
+        return batch

@@ -2,9 +2,11 @@
 
     seva run [PRESET] [--until STAGE] [--refresh STAGE]... [key=value ...]
     seva status [PRESET] [key=value ...] [-q]
+    seva doctor [PRESET] [key=value ...] [--no-smoke] [--json]   # run first on a new machine
     seva serve [--port 4200]
     seva score BENCHMARK --data DIR --answers FILE [judge.key=value ...]
     seva inspect pairs [PRESET] [key=value ...]
+    seva inspect train-example [PRESET] [key=value ...] [--index N]
     seva experiment [SPEC]            # configs/experiments/toy-seva.yaml by default
     seva stop
 """
@@ -77,6 +79,15 @@ def cmd_status(ns: argparse.Namespace) -> int:
     return 0 if all(r["state"] == "fresh" for r in rows) else 1
 
 
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    from seva_tasks import doctor
+
+    preset, overrides = _split(ns.args)
+    checks = doctor.run(preset, overrides, with_smoke=not ns.no_smoke)
+    print(doctor.as_json(checks) if ns.json else doctor.report(checks))
+    return 1 if any(c.status == "FAIL" for c in checks) else 0
+
+
 def cmd_serve(ns: argparse.Namespace) -> int:
     from seva_tasks import serve
 
@@ -116,14 +127,25 @@ def cmd_score(ns: argparse.Namespace) -> int:
 
 def cmd_inspect(ns: argparse.Namespace) -> int:
     from seva_tasks import pipeline
+    from seva_tasks.artifacts import PAIRS
     from seva_tasks.config import load_config
-    from seva_tasks.stages.filter import inspect_pairs
 
     preset, overrides = _split(ns.args)
-    rows = {r["stage"]: r for r in pipeline.status(load_config(preset, overrides), "filter")}
+    cfg = load_config(preset, overrides)
+    rows = {r["stage"]: r for r in pipeline.status(cfg, "filter")}
     if rows["filter"]["state"] != "fresh":
         raise SevaError("No pairs for this config yet (filter is not fresh). Run `seva run --until filter` first.")
-    print(inspect_pairs(pipeline.store_for(load_config(preset, overrides)).dir("filter", rows["filter"]["key"])))
+    store = pipeline.store_for(cfg)
+    pairs_dir = store.dir("filter", rows["filter"]["key"])
+    if ns.what == "pairs":
+        from seva_tasks.stages.filter import inspect_pairs
+
+        print(inspect_pairs(pairs_dir))
+        return 0
+    from seva_tasks.stages.train import show_example
+
+    made = {s: {"path": str(store.dir(s, rows[s]["key"]))} for s in ("pretrain",) if s in rows}
+    print(show_example(cfg.train, pipeline.model_input(cfg, "train", made), pairs_dir / PAIRS, ns.index))
     return 0
 
 
@@ -154,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("-q", "--quiet", action="store_true", help="no output; exit 0 if up to date, 1 if not")
     st.set_defaults(fn=cmd_status)
 
+    dr = sub.add_parser("doctor", help="check the machine, model, data and judge for a preset, then a 4-row smoke run")
+    dr.add_argument("args", nargs="*", help="[PRESET] key=value ...")
+    dr.add_argument("--no-smoke", action="store_true", help="only the checks, no smoke run")
+    dr.add_argument("--json", action="store_true", help="print the results as JSON")
+    dr.set_defaults(fn=cmd_doctor)
+
     sv = sub.add_parser("serve", help="start a local Prefect server + worker serving prefect.yaml's deployments")
     sv.add_argument("--port", type=int, default=None, help="default: $SEVA_PREFECT_PORT, else 4200")
     sv.add_argument("--background", action="store_true", help="return once ready (stop with `seva stop`)")
@@ -166,9 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("judge", nargs="*", help="judge.key=value (MM-Vet, LLaVA-Bench, MMBench fallback)")
     sc.set_defaults(fn=cmd_score)
 
-    ins = sub.add_parser("inspect", help="preview an artifact: `seva inspect pairs` (polars preview + filter counts)")
-    ins.add_argument("what", choices=["pairs"])
+    ins = sub.add_parser("inspect", help="preview an artifact: `pairs` (polars preview + filter counts), or "
+                         "`train-example` (one pair's tokens as DPO trains on them, the loss marked)")
+    ins.add_argument("what", choices=["pairs", "train-example"])
     ins.add_argument("args", nargs="*", help="[PRESET] key=value ...")
+    ins.add_argument("--index", type=int, default=0, help="train-example: which pair (default: the first)")
     ins.set_defaults(fn=cmd_inspect)
 
     sp = sub.add_parser("stop", help="stop what `seva serve --background` started")

@@ -209,17 +209,19 @@ def _score(cfg: EvaluateConfig, name: str, answers: Path, path: Path, judges: Ju
 
 # ---------------------------------------------------------------------------- one model
 
-def evaluate_model(cfg: EvaluateConfig, model: Path, out_dir: Path, *, label: str, judge_base: Path) -> dict:
+def evaluate_model(cfg: EvaluateConfig, model: Path, out_dir: Path, *, label: str, judge_base: Path,
+                   limit: int | None = None) -> dict:
     """Answer and score every benchmark with `model` into out_dir/answers/ and out_dir/scores/.
 
     Benchmarks whose answers file already exists in `out_dir` (a resumed attempt) are not asked again.
+    `limit` asks only each benchmark's first questions (`seva doctor`'s smoke; the rest score as missing).
     Returns {benchmark: {"answers": counts, "metrics": ..., "judge"?: identity}}.
     """
     if not (model / "config.json").is_file():
         raise InputError(f"{model}: no {label} model (config.json missing). Check `model:` / the train artifact.")
     (out_dir / "answers").mkdir(parents=True, exist_ok=True)
     (out_dir / "scores").mkdir(exist_ok=True)
-    qs = questions(cfg)
+    qs = {n: q[:limit] for n, q in questions(cfg).items()}
     todo = {n: q for n, q in qs.items() if not (out_dir / "answers" / f"{n}.jsonl").is_file()}
     if done := sorted(set(qs) - set(todo)):
         log.info("Answers of %s on %s already in %s (resumed).", label, ", ".join(done), out_dir)

@@ -66,6 +66,15 @@ def test_full_deployment_caches_by_content(server, tmp_path):
 
     assert set(_run(server, data).values()) == {"Cached"}
 
+    # What DPO trained on, as a user inspects it: LLaVA's vicuna_v1 prompt, answers ending in </s>.
+    shown = subprocess.run([str(ROOT / ".venv/bin/seva"), "inspect", "train-example", f"data_dir={data}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    lines = shown.stdout.splitlines()
+    assert any(line.startswith("  <s> A chat between a curious user and an artificial intelligence assistant.") for line in lines)
+    answers = [lines[i + 1] for i, line in enumerate(lines) if line.startswith(("chosen (", "rejected ("))]
+    assert len(answers) == 2 and all(a.endswith("</s>") for a in answers), shown.stdout
+
     # A training change reruns train and evaluate only; the base model's evaluation (baseline) stays Cached.
     (base_before,) = _published(data, "baseline")
     beta = _run(server, data, overrides={"train.beta": 0.2})

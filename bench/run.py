@@ -17,6 +17,7 @@ checked, never asserted: a missed target is reported with its margin (see bench/
 | P4 | DPO + LoRA, reference = adapter-disabled policy | second full reference model (SeVa) | peak RSS ≤0.6× |
 | P5 | `make run` on the embedded default after install | — | ≤10 min |
 | P6 | diffusion-noise augmentation, batched | per-image loop (SeVa's function) | ≥5× |
+| P7 | DPO batches: `PreferenceCollator` (LLaVA's preprocess_v1, tokenized whole) | TRL's vision collator | ≥0.5× pairs/s |
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import BENCH, PY, ROOT, env_for, measured, row, summary  # noqa: E402
 
-IDS = ("P1", "P2", "P3", "P4", "P5", "P6")
+IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -172,6 +173,13 @@ def p6(work: Path, quick: bool, runs: int) -> list[dict]:
     return augment_batch.bench(work, n=16 if quick else 256, runs=runs if quick else max(runs, 5))
 
 
+# ---------------------------------------------------------------------------------------- P7
+def p7(work: Path, quick: bool, runs: int) -> list[dict]:
+    import collator
+
+    return collator.bench(work, n=32 if quick else 512, runs=runs if quick else max(runs, 5))
+
+
 # ---------------------------------------------------------------------------------------- report
 def machine() -> dict:
     """What the numbers were measured on."""
@@ -230,7 +238,7 @@ def write_readme(readme: Path, results: dict) -> None:
     readme.write_text(pre + block + post)
 
 
-BENCHES = {"P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6}
+BENCHES = {"P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6, "P7": p7}
 
 
 def main(argv: list[str] | None = None) -> int:

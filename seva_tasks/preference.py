@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from seva_tasks.llava.prompts import Template, conversation, encode
+from seva_tasks.llava.prompts import Template, conversation, encode_batch
 
 
 def texts(row: dict, side: str, template: Template, processor) -> tuple[str, str]:
@@ -40,14 +40,14 @@ def _content(messages: list[dict]) -> str:
     return content if isinstance(content, str) else " ".join(p["text"] for p in content if p.get("type") == "text")
 
 
-def encode_pair(prompt: str, answer: str, template: Template, tokenizer) -> tuple[list[int], list[bool]]:
-    """Token ids of prompt + answer, tokenized as one string, and which carry loss (the answer's)."""
-    return encode(tokenizer, [(prompt, False), (answer, True)],
-                  add_special_tokens=template != "chat_template")  # a chat template writes its own BOS
+def encode_pairs(pairs: list[tuple[str, str]], template: Template, tokenizer) -> list[tuple[list[int], list[bool]]]:
+    """Token ids of each prompt + answer, tokenized as one string, and which carry loss (the answer's)."""
+    return encode_batch(tokenizer, [[(prompt, False), (answer, True)] for prompt, answer in pairs],
+                        add_special_tokens=template != "chat_template")  # a chat template writes its own BOS
 
 
 def encode_side(row: dict, side: str, template: Template, processor) -> tuple[list[int], list[bool]]:
-    return encode_pair(*texts(row, side, template, processor), template, processor.tokenizer)
+    return encode_pairs([texts(row, side, template, processor)], template, processor.tokenizer)[0]
 
 
 @dataclass
@@ -62,7 +62,7 @@ class PreferenceCollator:
     def __call__(self, examples: list[dict]) -> dict:
         rows = [(ex, side) for side in ("chosen", "rejected") for ex in examples]
         pieces = [texts(ex, side, self.template, self.processor) for ex, side in rows]
-        encoded = [encode_pair(*p, self.template, self.processor.tokenizer) for p in pieces]
+        encoded = encode_pairs(pieces, self.template, self.processor.tokenizer)
         strings = ["".join(p) for p in pieces]
         batch = self.processor(images=[ex["images"] for ex, _ in rows], text=strings, padding=True, padding_side="right",
                                add_special_tokens=self.template != "chat_template", return_tensors="pt")

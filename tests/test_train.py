@@ -205,6 +205,32 @@ def test_only_lora_and_projector_change_the_model(trained, model_dir):
     assert {k for k in changed if k.startswith("language_model.")} == {k for k in base if k.startswith("language_model.model.layers.") and k.endswith(lora_names)}
 
 
+def _projectors(trainer, model_dir):
+    """(reference's projector, policy's projector, base model's projector) outputs on one input."""
+    import torch
+
+    x = torch.randn(1, 4, trainer.model.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(0))
+    (wrapper,) = [m for m in trainer.model.modules() if type(m).__name__ == "ModulesToSaveWrapper"]
+    base = train.load_model(TrainConfig(**FAST), model_dir).model.multi_modal_projector
+    with torch.no_grad():
+        with trainer.model.disable_adapter():
+            ref = wrapper(x)
+        return ref, wrapper(x), base(x)
+
+
+def test_reference_projector_is_the_original_or_the_current_one(trained, model_dir, tmp_path):
+    import torch
+
+    ref, policy, base = _projectors(trained[3], model_dir)  # default: TRL's, the base model's projector
+    assert torch.equal(ref, base) and not torch.allclose(policy, base, atol=1e-4)
+    filt = _write_pairs(tmp_path / "filter", _rows(4))
+    (tmp_path / "out").mkdir()
+    trainer = train.fit(TrainConfig(**{**FAST, "max_steps": 2, "per_device_train_batch_size": 4,
+                                       "reference_projector": "current"}), model_dir, filt / "pairs.parquet", tmp_path / "out")
+    ref, policy, base = _projectors(trainer, model_dir)  # SeVa's: the policy's trained projector
+    assert torch.equal(ref, policy) and not torch.allclose(ref, base, atol=1e-4)
+
+
 def test_adapter_reloads_with_same_logits(trained, model_dir):
     from peft import PeftModel
 

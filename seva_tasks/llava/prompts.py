@@ -90,18 +90,29 @@ def encode(tokenizer, segments: list[tuple[str, bool]], *, add_special_tokens: b
     encodes ` red` alone differently from ` red` after `ASSISTANT:`. A token is in the loss when it
     starts inside a loss segment; a token straddling a segment boundary is an error.
     """
-    text = "".join(s for s, _ in segments)
+    return encode_batch(tokenizer, [segments], add_special_tokens=add_special_tokens)[0]
+
+
+def encode_batch(tokenizer, conversations: list[list[tuple[str, bool]]], *,
+                 add_special_tokens: bool = True) -> list[tuple[list[int], list[bool]]]:
+    """`encode` for many conversations in one tokenizer call."""
+    texts = ["".join(s for s, _ in segments) for segments in conversations]
+    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+    return [(list(ids), _loss_mask(segments, text, offsets))
+            for segments, text, ids, offsets in zip(conversations, texts, enc["input_ids"], enc["offset_mapping"])]
+
+
+def _loss_mask(segments: list[tuple[str, bool]], text: str, offsets) -> list[bool]:
     spans, at = [], 0  # (start, end, in_loss) per segment
     for seg, loss in segments:
         spans.append((at, at + len(seg), loss))
         at += len(seg)
     cuts = {a for (_, a, x), (_, _, y) in zip(spans, spans[1:]) if x != y}
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
     mask = []
-    for start, end in enc["offset_mapping"]:
+    for start, end in offsets:
         if any(start < c < end for c in cuts):
             raise ValueError(f"A token spans LLaVA's prompt/answer boundary in {text!r} (characters {start}-{end}); "
                              "this tokenizer cannot keep the answer's loss apart from the prompt.")
         # BOS (an empty span) is never trained on; any other token belongs to the segment it starts in
         mask.append(start < end and next(x for a, b, x in spans if a <= start < b))
-    return list(enc["input_ids"]), mask
+    return mask

@@ -16,13 +16,13 @@ system prompt, `USER: <image>\n{q} ASSISTANT: {a}</s>`), tokenized at once, loss
 The reference model. The reference is the policy with its adapter disabled (TRL's default with PEFT),
 not SeVa's second full copy; at step 0 they are the same function, and bench/dpo_memory.py measures
 the memory it saves. With the adapter disabled, PEFT's `modules_to_save` copy of the projector is
-disabled too, so our reference keeps the *original* projector all along. SeVa's reference log-probs
+disabled too, so by default the reference keeps the *original* projector all along. SeVa's reference log-probs
 go through the policy's *current*, trainable projector (a reading of its LlavaDPOTrainer; the frozen
 copy of reference/seva-recipe.md §1e gets its image features from the policy), so its reference
-drifts with the projector while ours stays fixed; the two agree at step 0 and differ by
-however far the projector has moved (lr 2e-6: little). TRL has no switch for "disable LoRA but keep
-modules_to_save"; matching SeVa would mean training the projector outside PEFT and saving it beside
-the adapter, which we have not done.
+drifts with the projector. `reference_projector: current` (the paper presets) gives SeVa's behaviour:
+each modules_to_save wrapper's `original_module` is pointed at its trained copy, so disabling the
+adapter disables only LoRA. `original` (the default, TRL's) keeps the reference fixed; the two agree
+at step 0 and differ by however far the projector has moved (lr 2e-6: little).
 
 Outputs in out_dir:
     adapter/            PEFT adapter (safetensors: LoRA weights + the trained projector) + processor
@@ -94,6 +94,7 @@ class TrainConfig(StageConfig):
     lora_target_modules: list[str] = Field(default_factory=lambda: list(LLM_LINEARS), min_length=1, description="Linear layer names (last name component) that get LoRA.")
     lora_scope: str = Field("language_model", description="Only modules under a submodule of this name get LoRA ('' = anywhere; keeps LoRA off the vision tower's q/k/v).")
     modules_to_save: list[str] = Field(default_factory=lambda: ["multi_modal_projector"], description="Non-LoRA modules trained in full and saved with the adapter (SeVa: the projector); everything else is frozen.")
+    reference_projector: Literal["original", "current"] = Field("original", description="What the DPO reference (the policy with its adapter disabled) uses for the modules_to_save: the base model's 'original' weights (TRL/PEFT's default) or the policy's 'current', trained ones, as SeVa's reference does.")
     seed: int = Field(42, description="Seeds LoRA init, data order and dropout (SeVa: 42).")
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many optimizer steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps (what a rerun resumes from).")
@@ -285,6 +286,8 @@ def fit(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path):
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, processing_class=processor,
                          data_collator=PreferenceCollator(processor, cfg.conv_template, cfg.max_length), peft_config=_lora_config(cfg, model, base),
                          callbacks=[progress.trainer_callback("train")])
+    if cfg.reference_projector == "current":
+        _share_trained_modules(trainer.model)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("Resuming from %s.", last)
@@ -300,6 +303,15 @@ def fit(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path):
                 "trainable": _trainable(trainer.model), "processes": trainer.args.world_size}
         (out_dir / "checkpoints" / "run_info.json").write_text(json.dumps(info))
     return trainer
+
+
+def _share_trained_modules(model) -> None:
+    """Point each modules_to_save wrapper's `original_module` at its trained copy, so the reference
+    forward (adapter disabled) runs the policy's current projector, as SeVa's does. Nothing is lost:
+    merge reloads the base from disk, and the adapter saves only the trained copy."""
+    for module in model.modules():
+        if type(module).__name__ == "ModulesToSaveWrapper":
+            module.original_module = module.modules_to_save[module.active_adapter]
 
 
 def _trainable(model) -> dict:

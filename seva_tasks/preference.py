@@ -79,3 +79,24 @@ class PreferenceCollator:
             for k in ("input_ids", "attention_mask", "completion_mask"):
                 batch[k] = batch[k][:, : self.max_length]
         return batch
+
+
+def describe(batch: dict, processor, title: str) -> str:
+    """A one-pair batch as text: the decoded prompt (image tokens collapsed), the chosen and rejected
+    tokens (all in the loss), the image tensor's shape."""
+    tok, image = processor.tokenizer, processor.image_token
+    lines = [title]
+    for i, side in enumerate(("chosen", "rejected")):
+        keep = batch["attention_mask"][i].bool()
+        ids, loss = batch["input_ids"][i][keep].tolist(), batch["completion_mask"][i][keep].tolist()
+        start = loss.index(1)
+        if i == 0:
+            text = tok.decode(ids[:start])
+            n = text.count(image)
+            lines += [f"prompt ({start} tokens, no loss):", "  " + text.replace(image * n, f"{image}×{n}", 1)]
+        lines += [f"{side} ({len(ids) - start} tokens, all in the loss):", "  " + " ".join(tok.convert_ids_to_tokens(ids[start:])),
+                  f"  decoded: {tok.decode(ids[start:])!r}"]
+    pixels = batch.get("pixel_values")
+    lines.append(f"pixel_values: {tuple(pixels.shape)} {pixels.dtype} (chosen and rejected rows see the same image)"
+                 if pixels is not None else "pixel_values: none")
+    return "\n".join(lines)

@@ -68,7 +68,7 @@ def pct(num: float, den: float) -> float:
 def require(path: Path, what: str) -> Path:
     if not path.exists():
         raise InputError(f"{path} not found ({what}). Lay the benchmark out as LLaVA's playground/data/eval/ "
-                         "does (see README, 'Benchmark files').")
+                         "does (README: 'Real weights and data on a GPU box', Benchmarks).")
     return path
 
 

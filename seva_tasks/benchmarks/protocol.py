@@ -95,7 +95,7 @@ def questions(cfg: EvaluateConfig) -> dict[str, list]:
     for name in benchmarks(cfg):
         if not data_dir(cfg, name).is_dir():
             raise InputError(f"{data_dir(cfg, name)}: no {name} files. Lay them out as LLaVA's playground/data/eval "
-                             f"(README 'Benchmark files'), set evaluate.data_root or evaluate.dirs.{name}, or drop it "
+                             f"(README: 'Real weights and data on a GPU box', Benchmarks), set evaluate.data_root or evaluate.dirs.{name}, or drop it "
                              "from evaluate.benchmarks; then rerun `seva run --until evaluate`.")
         out[name] = B.load_questions(name, data_dir(cfg, name))
     return out

@@ -86,6 +86,13 @@ class Engine(Protocol):
         """Answers in request order; may raise for a whole batch (the runner then splits it)."""
 
 
+def answer_text(tokenizer, token_ids: list[int]) -> str:
+    """The answer as text: its ids decoded in one piece, special tokens (EOS) dropped. Both engines
+    use it, so the same tokens give the same text (vLLM's incremental detokenizer keeps a leading
+    `▁` as a space and renders stray UTF-8 bytes differently)."""
+    return tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
 def make_engine(cfg: WorkerSpec, *, embeds: bool = False) -> Engine:
     """Load the engine named by `cfg.kind` (`embeds`: some requests need exact-noise embeddings)."""
     if cfg.kind == "vllm":

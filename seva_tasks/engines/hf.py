@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from seva_tasks.base import resolve
-from seva_tasks.engines import Output, Request, WorkerSpec
+from seva_tasks.engines import Output, Request, WorkerSpec, answer_text
 from seva_tasks.engines.vision import ImagePrep, resolve_dtype
 
 
@@ -88,7 +88,7 @@ class HFEngine:
                 if t in self.eos:
                     finish = "stop"
                     break
-            text = self.tokenizer.decode([t for t in toks if t not in self.eos], skip_special_tokens=True)
+            text = answer_text(self.tokenizer, [t for t in toks if t not in self.eos])
             outs.append(Output(r.req_id, text, toks, finish, int(lengths[j])))
         return outs
 

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from seva_tasks.base import resolve
-from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec
+from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec, answer_text
 from seva_tasks.engines.hf import image_tokens, request_seed
 from seva_tasks.engines.vision import ImagePrep, VisionEncoder
 
@@ -106,7 +106,8 @@ class VllmEngine:
         prompts = [{"prompt": r.prompt, "multi_modal_data": {"image": img}} for r, img in zip(requests, self._images(requests))]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [
-            Output(r.req_id, o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason, len(o.prompt_token_ids))
+            Output(r.req_id, answer_text(self.tokenizer, list(o.outputs[0].token_ids)), list(o.outputs[0].token_ids),
+                   o.outputs[0].finish_reason, len(o.prompt_token_ids))
             for r, o in zip(requests, outs)
         ]
 

@@ -13,16 +13,11 @@ paper presets). Each side of a pair is LLaVA's `preprocess_v1` string (`conv_tem
 system prompt, `USER: <image>\n{q} ASSISTANT: {a}</s>`), tokenized at once, loss on the answer and
 `</s>` (`PreferenceCollator`), never the checkpoint's chat template, which for llava-hf lacks both.
 
-The reference model. The reference is the policy with its adapter disabled (TRL's default with PEFT),
-not SeVa's second full copy; at step 0 they are the same function, and bench/dpo_memory.py measures
-the memory it saves. With the adapter disabled, PEFT's `modules_to_save` copy of the projector is
-disabled too, so by default the reference keeps the *original* projector all along. SeVa's reference log-probs
-go through the policy's *current*, trainable projector (a reading of its LlavaDPOTrainer; the frozen
-copy of reference/seva-recipe.md §1e gets its image features from the policy), so its reference
-drifts with the projector. `reference_projector: current` (the paper presets) gives SeVa's behaviour:
-each modules_to_save wrapper's `original_module` is pointed at its trained copy, so disabling the
-adapter disables only LoRA. `original` (the default, TRL's) keeps the reference fixed; the two agree
-at step 0 and differ by however far the projector has moved (lr 2e-6: little).
+The reference is the policy with its adapter disabled (TRL's default with PEFT), not SeVa's second
+full copy: the same function at step 0, and bench/dpo_memory.py measures the memory it saves. That
+also disables PEFT's trained copy of the projector; SeVa's reference sees the policy's current
+projector (its frozen copy gets image features from the policy), so `reference_projector: current`
+(paper presets) points each modules_to_save wrapper's `original_module` at its trained copy.
 
 Outputs in out_dir:
     adapter/            PEFT adapter (safetensors: LoRA weights + the trained projector) + processor
@@ -55,7 +50,7 @@ from seva_tasks.artifacts import PAIRS
 from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import ConfigError, InputError, StageError
-from seva_tasks.preference import PreferenceCollator, encode_side, texts
+from seva_tasks.preference import PreferenceCollator, describe, encode_side, texts
 
 
 log = logging.getLogger(__name__)
@@ -192,22 +187,7 @@ def show_example(cfg: TrainConfig, base: Path, pairs: Path, index: int = 0) -> s
     chosen and rejected tokens with the loss marked, and the image tensor's shape."""
     processor = _load_processor(cfg, base)
     batch = PreferenceCollator(processor, cfg.conv_template, cfg.max_length)([_load_pairs(pairs)[index]])
-    tok = processor.tokenizer
-    lines = [f"pair {index} of {pairs}, conv_template={cfg.conv_template}, model {base}"]
-    for i, side in enumerate(("chosen", "rejected")):
-        keep = batch["attention_mask"][i].bool()
-        ids, loss = batch["input_ids"][i][keep].tolist(), batch["completion_mask"][i][keep].tolist()
-        start = loss.index(1)
-        if i == 0:
-            text = tok.decode(ids[:start])
-            run = processor.image_token * text.count(processor.image_token)
-            lines += [f"prompt ({start} tokens, no loss):", "  " + text.replace(run, f"{processor.image_token}×{len(run) // max(len(processor.image_token), 1)}", 1)]
-        lines += [f"{side} ({len(ids) - start} tokens, all in the loss):", "  " + " ".join(tok.convert_ids_to_tokens(ids[start:])),
-                  f"  decoded: {tok.decode(ids[start:])!r}"]
-    pixels = batch.get("pixel_values")
-    lines.append(f"pixel_values: {tuple(pixels.shape)} {pixels.dtype} (chosen and rejected rows see the same image)"
-                 if pixels is not None else "pixel_values: none")
-    return "\n".join(lines)
+    return describe(batch, processor, f"pair {index} of {pairs}, conv_template={cfg.conv_template}, model {base}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,14 +46,10 @@ def encode_pairs(pairs: list[tuple[str, str]], template: Template, tokenizer) ->
                         add_special_tokens=template != "chat_template")  # a chat template writes its own BOS
 
 
-def encode_side(row: dict, side: str, template: Template, processor) -> tuple[list[int], list[bool]]:
-    return encode_pairs([texts(row, side, template, processor)], template, processor.tokenizer)[0]
-
-
 @dataclass
 class PreferenceCollator:
     """DPOTrainer's `data_collator`: each side's (prompt, answer) string tokenized whole by the
-    processor, the completion mask from `encode_side` (checked against the processor's tokens)."""
+    processor, the completion mask from `encode_pairs` (checked against the processor's tokens)."""
 
     processor: Any
     template: Template = "vicuna_v1"

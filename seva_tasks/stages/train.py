@@ -50,7 +50,7 @@ from seva_tasks.artifacts import PAIRS
 from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import ConfigError, InputError, StageError
-from seva_tasks.preference import PreferenceCollator, describe, encode_side, texts
+from seva_tasks.preference import PreferenceCollator, describe, encode_pairs, texts
 
 
 log = logging.getLogger(__name__)
@@ -152,16 +152,16 @@ def _prompt_lengths(ds, cfg: TrainConfig, processor) -> tuple[list[int], list[in
     first = ds[0]["images"][0]
     per_image = processor(images=[first], text=processor.image_token)["input_ids"][0].count(processor.image_token_id)
     raw = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
-    p_len, a_len = [], []
-    for i, row in enumerate(raw.select_columns(list(REQUIRED))):
-        prompt = texts(row, "chosen", cfg.conv_template, processor)[0]
+    rows = list(raw.select_columns(list(REQUIRED)))
+    pieces = {side: [texts(row, side, cfg.conv_template, processor) for row in rows] for side in ("chosen", "rejected")}
+    for i, (row, (prompt, _)) in enumerate(zip(rows, pieces["chosen"])):
         if prompt.count(processor.image_token) != len(row["images"]):
             raise InputError(f"A literal {processor.image_token!r} in the text, or a number of images other than "
                              f"the prompt's, in pair {i}: {prompt[-200:]!r}. The prompt must be the bare question (the "
                              "image goes in `images`); fix the sample/filter stage output and rerun.")
-        sides = [encode_side(row, side, cfg.conv_template, processor)[1] for side in ("chosen", "rejected")]
-        p_len.append(sides[0].count(False) + len(row["images"]) * (per_image - 1))
-        a_len.append(max(loss.count(True) for loss in sides))
+    loss = {side: [mask for _, mask in encode_pairs(pieces[side], cfg.conv_template, processor.tokenizer)] for side in pieces}
+    p_len = [mask.count(False) + len(row["images"]) * (per_image - 1) for mask, row in zip(loss["chosen"], rows)]
+    a_len = [max(c.count(True), r.count(True)) for c, r in zip(loss["chosen"], loss["rejected"])]
     return p_len, a_len, per_image
 
 

@@ -449,12 +449,12 @@ def _listeners(pid: int) -> set[tuple[str, int, str]]:
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> dict:
-    """The whole toy flow once, in a scratch root; every listening socket it opened, sampled every 0.2 s."""
+def toy_run(tmp_path_factory, small_run) -> dict:
+    """The whole toy flow once (small: what it writes is the same kinds of files), in a scratch root; every listening socket it opened, sampled every 0.2 s."""
     tmp = tmp_path_factory.mktemp("toy-run")
     scratch = _scratch_root(tmp)
     data = tmp / "data"
-    proc = _flow(scratch, ".prefect", {"overrides": {"data_dir": str(data)}, "until": None})
+    proc = _flow(scratch, ".prefect", {"overrides": {**small_run, "data_dir": str(data)}, "until": None})
     sockets: set = set()
     done = threading.Event()
 

@@ -37,14 +37,7 @@ needs_chromium = pytest.mark.skipif(
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# A toy run in a few minutes: few pairs, a short pretraining, two DPO steps, three benchmarks (SQA among them).
-# 200 pretraining steps (~40 s) make answers depend on the image (at 40 the model says "A" to everything, so
-# every pair ties); noise step 999 destroys the image, so ~14 of 36 pairs differ and survive the filter.
-SMALL = {"sample.subsets": {"ocr_vqa": {"images": 12, "questions_per_image": 2},
-                            "textvqa": {"images": 12, "questions_per_image": 1}},
-         "pretrain.steps": 200, "pretrain.logging_steps": 20, "pretrain.heldout": 8, "pretrain.extra": {},
-         "augment.noise_step": 999, "filter.mode": "seva", "train.max_steps": 2,
-         "evaluate.benchmarks": ["pope", "mme", "sqa"]}
+
 
 
 def test_embed_leaves_no_relative_image_path(tmp_path):
@@ -70,10 +63,10 @@ def _deploy(server, deployment: str, params: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> tuple[Path, dict]:
+def work(tmp_path_factory, small_run) -> tuple[Path, dict]:
     """The runs' temp dir, and their overrides (data in it, not in data/)."""
     tmp = tmp_path_factory.mktemp("ui")
-    return tmp, {**SMALL, "data_dir": str(tmp / "data")}
+    return tmp, {**small_run, "data_dir": str(tmp / "data")}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.seva import seva
-from seva_tasks import experiment, plots
+from seva_tasks import experiment, pipeline, plots
+from seva_tasks.config import load_config
 
 
 @flow(name="seva-experiment", persist_result=False, log_prints=True)
@@ -28,6 +29,10 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
     runs = []
     for i, (setting, seed, overrides) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {setting} seed {seed}: {overrides}")
+        if exp.require_gates and "pretrain" in pipeline.stages_until(load_config(exp.preset, overrides), None):
+            base = seva.with_options(flow_run_name=f"{setting}-seed{seed}-base")(
+                config=exp.preset, overrides=overrides, until="pretrain")
+            experiment.check_gates(setting, seed, base)  # before SeVa: a base that fails them measures nothing
         refs = seva.with_options(flow_run_name=f"{setting}-seed{seed}")(config=exp.preset, overrides=overrides)
         runs.append(experiment.collect(exp, setting, seed, overrides, refs))
         out = experiment.write(exp, runs)

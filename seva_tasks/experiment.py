@@ -26,10 +26,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from seva_tasks import verdict
+from seva_tasks.artifacts import MERGED
 from seva_tasks.base import resolve
-from seva_tasks.config import load_config
-from seva_tasks.errors import ConfigError
 from seva_tasks.benchmarks.report import NAMES
+from seva_tasks.config import load_config
+from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.stages.sample import reference_answers
 
 
@@ -40,6 +42,7 @@ class Setting(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides on top of the preset.")
     seeds: list[int] | None = Field(None, description="Seeds for this setting; None: the experiment's.")
     why: str = Field("", description="What the setting tests (shown in the table).")
+    control: bool = Field(False, description="A control (e.g. swapped pairs): reported in verdict.json's `controls`, not as a result.")
 
 
 class ExperimentConfig(BaseModel):
@@ -50,7 +53,9 @@ class ExperimentConfig(BaseModel):
     preset: str = Field("toy", description="Preset name or YAML path (configs/).")
     out: Path = Field(Path("experiments/toy-seva"), description="Output directory (relative to the project root).")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds of every setting that names none.")
-    seed_keys: list[str] = Field(["sample.seed", "augment.seed", "train.seed"], description="Fields a seed sets.")
+    seed_keys: list[str] = Field(["sample.seed", "augment.seed", "train.seed"], description="Fields a seed sets (add pretrain.seed so that each seed has its own base model).")
+    require_gates: bool = Field(True, description="Refuse to run SeVa on a base model whose pretrain manifest fails a gate (toy world, DESIGN §5).")
+    auroc: bool = Field(False, description="Also measure the AUROC of p(yes) on POPE, base vs aligned (one transformers pass per model).")
     settings: list[Setting] = Field(min_length=1, description="The first is the headline; the rest are the sweep.")
 
     def runs(self) -> list[tuple[str, int, dict[str, Any]]]:
@@ -108,6 +113,23 @@ def pair_quality(pairs: Path, annotations: Path) -> dict[str, int]:
     return q
 
 
+def gates(refs: dict[str, dict]) -> dict[str, dict]:
+    """The base model's gates, from the pretrain stage's manifest ({} without a pretrain stage)."""
+    if "pretrain" not in refs:
+        return {}
+    return json.loads((Path(refs["pretrain"]["path"]) / "manifest.json").read_text())["stats"].get("gates") or {}
+
+
+def check_gates(setting: str, seed: int, refs: dict[str, dict]) -> None:
+    """Raise, naming every failed gate, if the run's base model fails the miniature's gates."""
+    failed = {k: g for k, g in gates(refs).items() if not g["passed"]}
+    if failed:
+        listing = "; ".join(f"{k} = {g['value']} (needs {g['threshold']})" for k, g in failed.items())
+        raise InputError(f"{setting} seed {seed}: the base model ({refs['pretrain']['path']}) fails the toy world's "
+                         f"gates: {listing}. SeVa on it would measure nothing (DESIGN §5): retune the toy world or "
+                         "pretrain, or set require_gates: false in the experiment file to run anyway.")
+
+
 def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, refs: dict[str, dict]) -> dict:
     """One run's line of runs.jsonl, from the flow's stage references."""
     metrics = json.loads((Path(refs["evaluate"]["path"]) / "metrics.json").read_text())
@@ -120,8 +142,17 @@ def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, ref
         base, aligned = e.get("base", {}).get(h), e.get("aligned", {}).get(h)
         if base is not None and aligned is not None:
             bench[name] = {"metric": h, "base": base, "aligned": aligned}
-    return {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept, "pair_quality": quality,
-            "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench}
+    line = {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept, "pair_quality": quality,
+            "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench, "gates": gates(refs),
+            "paired": verdict.paired(Path(refs["evaluate"]["path"]) / "results.parquet")}
+    if exp.auroc and "pope" in bench:
+        from seva_tasks.toy.grounding import pope_auroc
+
+        cfg = load_config(exp.preset, overrides)
+        pope_dir = resolve(cfg.evaluate.dirs.get("pope", cfg.evaluate.data_root / "pope"))
+        base = Path(json.loads((Path(refs["evaluate"]["path"]) / "manifest.json").read_text())["model"]["path"])
+        line["auroc"] = {"base": pope_auroc(base, pope_dir), "aligned": pope_auroc(Path(refs["train"]["path"]) / MERGED, pope_dir)}
+    return line
 
 
 def _stats(xs: list[float]) -> dict:
@@ -250,6 +281,8 @@ def write(exp: ExperimentConfig, runs: list[dict]) -> Path:
     (tmp / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     (tmp / "table.md").write_text(table(exp, summary))
+    controls = [s.name for s in exp.settings if s.control]
+    (tmp / "verdict.json").write_text(json.dumps(verdict.verdict(runs, exp.settings[0].name, controls), indent=1))
     _plot_seeds(summary, exp.settings[0].name, tmp / "plots" / "seeds.png")
     _plot_sweep(summary, tmp / "plots" / "sweep.png")
     old = out.with_name(f".{out.name}.old")

@@ -96,3 +96,34 @@ def describe(batch: dict, processor, title: str) -> str:
     lines.append(f"pixel_values: {tuple(pixels.shape)} {pixels.dtype} (chosen and rejected rows see the same image)"
                  if pixels is not None else "pixel_values: none")
     return "\n".join(lines)
+
+
+def load_pairs(pairs: Path, control: str = "none", seed: int = 0):
+    """pairs.parquet -> a datasets.Dataset whose `images` ({bytes, path} cells, as the filter writes) decode to PIL.
+
+    `control` (experiments' controls on the same pairs): `swapped` trains the noised answer as chosen;
+    `shuffled` pairs each chosen answer with another row's rejected one (a seeded cyclic shift);
+    `blank_image` shows a grey square instead of the image.
+    """
+    import io
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(pairs, memory_map=True)
+    if control == "swapped":
+        table = table.set_column(table.schema.get_field_index("chosen"), "chosen", table["rejected"]) \
+                     .set_column(table.schema.get_field_index("rejected"), "rejected", table["chosen"])
+    elif control == "shuffled" and table.num_rows > 1:
+        shift = 1 + seed % (table.num_rows - 1)  # every row gets another row's rejected answer
+        order = [(i + shift) % table.num_rows for i in range(table.num_rows)]
+        table = table.set_column(table.schema.get_field_index("rejected"), "rejected", table["rejected"].take(order))
+    elif control == "blank_image":
+        buf = io.BytesIO()
+        Image.new("RGB", (336, 336), (128, 128, 128)).save(buf, format="PNG")
+        grey = [[{"bytes": buf.getvalue(), "path": None}] * len(cell) for cell in table["images"].to_pylist()]
+        table = table.set_column(table.schema.get_field_index("images"), "images",
+                                 pa.array(grey, type=table.schema.field("images").type))
+    return datasets.Dataset(table).cast_column("images", datasets.Sequence(datasets.Image()))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from seva_tasks import experiment
+from seva_tasks import experiment, verdict
 from seva_tasks.errors import ConfigError
 
 
@@ -103,3 +103,57 @@ def test_pair_quality_checks_chosen_and_rejected_against_the_mix(tmp_path):
     # b2:0 only rejected right (a prefix of the title is not the title); zz:0 has no reference.
     assert q == {"pairs": 4, "with_reference": 3, "chosen_right": 2, "rejected_right": 2, "chosen_only": 1,
                  "rejected_only": 1}
+
+
+def test_mcnemar_and_auroc_on_hand_computed_cases():
+    assert verdict.mcnemar_p(0, 0) == 1.0 and verdict.mcnemar_p(5, 5) == 1.0
+    assert verdict.mcnemar_p(2, 12) == pytest.approx(2 * (1 + 14 + 91) / 2 ** 14)  # 0.0129
+    assert verdict.mcnemar_p(12, 2) == verdict.mcnemar_p(2, 12)
+    assert verdict.auroc([0.9, 0.8, 0.3, 0.2], [True, True, False, False]) == 1.0
+    assert verdict.auroc([0.9, 0.8, 0.3, 0.2], [False, False, True, True]) == 0.0
+    assert verdict.auroc([0.7, 0.5, 0.5, 0.1], [True, True, False, False]) == pytest.approx(0.875)  # 3.5 of 4 pairs
+    assert verdict.auroc([0.5], [True]) is None
+
+
+def test_paired_counts_discordant_questions(tmp_path):
+    import polars as pl
+
+    rows = [("pope", m, str(q), c) for q, (b, a) in enumerate([(1, 1), (1, 0), (0, 1), (0, 1), (0, 0)])
+            for m, c in (("base", b), ("aligned", a))]
+    pl.DataFrame(rows, schema=["benchmark", "model", "question_id", "correct"], orient="row") \
+        .with_columns(pl.col("correct").cast(pl.Boolean)).write_parquet(tmp_path / "r.parquet")
+    p = verdict.paired(tmp_path / "r.parquet")["pope"]
+    # d = 0, -1, +1, +1, 0: mean 0.2, sample sd sqrt(0.7)
+    assert (p["n"], p["b"], p["c"]) == (5, 1, 2)
+    assert p["delta_accuracy"] == pytest.approx(20.0) and p["se"] == pytest.approx(100 * 0.7 ** 0.5 / 5 ** 0.5)
+
+
+def test_verdict_pools_seeds_and_reports_controls_and_gates():
+    gate = {"pope_f1": {"value": 0.8, "threshold": "0.7..0.88", "passed": True}}
+    runs = [{**r, "gates": gate if r["seed"] else {"pope_f1": {**gate["pope_f1"], "value": 0.9, "passed": False}},
+             "paired": {"pope": {"n": 10, "b": 1, "c": 3 + r["seed"], "delta_accuracy": 0.0, "se": 1.0},
+                        "gqa": {"n": 10, "b": 0, "c": 0, "delta_accuracy": -1.0, "se": 2.0}}}
+            for r in RUNS[:3]] + [{**RUNS[3], "setting": "swapped"}]
+    v = verdict.verdict(runs, "paper", ["swapped"])
+    assert v["pope_f1_delta"] == [2.0, 6.0, 1.0] and v["seeds"] == [0, 1, 2]
+    assert v["pope_mcnemar"] == {"b_base_only": 3, "c_aligned_only": 12}
+    assert v["pope_f1_mcnemar_p"] == pytest.approx(verdict.mcnemar_p(3, 12))
+    assert v["gates"]["pope_f1"] == {"value": [0.9, 0.8, 0.8], "threshold": "0.7..0.88", "passed": False}
+    assert v["pairs"] == {"only_chosen_right": 1 + 2 + 3, "only_rejected_right": 0}
+    assert v["controls"] == {"swapped": {"pope_f1_delta": [-10.0]}}
+    # gqa: mean delta -1 over SE sqrt(3 * 2^2) / 3
+    assert v["worst_other_delta_in_se"] == pytest.approx(-1 / (12 ** 0.5 / 3))
+
+
+def test_a_base_model_failing_a_gate_is_refused_by_name(tmp_path):
+    d = tmp_path / "pretrain"
+    d.mkdir()
+    gates = {"heldout_shape": {"value": 0.34, "threshold": ">= 0.8", "passed": False},
+             "pope_f1": {"value": 0.8, "threshold": "0.7..0.88", "passed": True}}
+    (d / "manifest.json").write_text(json.dumps({"stats": {"gates": gates}}))
+    with pytest.raises(experiment.InputError, match=r"paper seed 2: .*heldout_shape = 0.34 \(needs >= 0.8\)") as e:
+        experiment.check_gates("paper", 2, {"pretrain": {"path": str(d)}})
+    assert "pope_f1" not in str(e.value)
+    gates["heldout_shape"]["passed"] = True
+    (d / "manifest.json").write_text(json.dumps({"stats": {"gates": gates}}))
+    experiment.check_gates("paper", 2, {"pretrain": {"path": str(d)}})  # passes: no error

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from seva_tasks import toy
+from seva_tasks import preference, toy
 from seva_tasks.stages import train
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.toy import ToyConfig
@@ -173,7 +173,7 @@ def test_dpo_steps_raise_reward_margins(trained):
     _, filt, _, trainer = trained
     logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
     assert len(logs) == 6 and logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
-    after = trainer.evaluate(eval_dataset=train._load_pairs(filt / "pairs.parquet"))
+    after = trainer.evaluate(eval_dataset=preference.load_pairs(filt / "pairs.parquet"))
     assert after["eval_rewards/margins"] > 0.1 and after["eval_rewards/accuracies"] >= 0.75, after
     assert after["eval_loss"] < 0.69  # below log 2, the loss at margin 0
 
@@ -363,7 +363,7 @@ def test_image_token_in_the_question_moves_to_the_front_or_is_an_input_error(tmp
     rows[1]["prompt"][0]["content"] = rows[1]["prompt"][0]["content"] + "\n<image>"
     filt = _write_pairs(tmp_path / "filter", rows)
     proc = AutoProcessor.from_pretrained(model_dir)
-    lengths = [train._prompt_lengths(train._load_pairs(_write_pairs(tmp_path / name, r) / "pairs.parquet"),
+    lengths = [train._prompt_lengths(preference.load_pairs(_write_pairs(tmp_path / name, r) / "pairs.parquet"),
                                      TrainConfig(**FAST), proc)[0] for name, r in (("clean", clean), ("tagged", rows))]
     assert lengths[0] == lengths[1]  # LLaVA templates: preprocess_multimodal's rule, the image leads the question, once
     # the checkpoint's template renders the text as it is: two image slots for one image
@@ -382,9 +382,24 @@ def test_pairs_with_image_paths_instead_of_bytes_load(tmp_path):
     """filter.images=path writes {bytes: null, path: absolute}; those decode the same as bytes."""
     rows = _rows(2)
     with_paths = [{**r, "images": [{"bytes": None, "path": r["image_path"]}]} for r in rows]
-    a = train._load_pairs(_write_pairs(tmp_path / "a", with_paths) / "pairs.parquet")
-    b = train._load_pairs(_write_pairs(tmp_path / "b", rows) / "pairs.parquet")
+    a = preference.load_pairs(_write_pairs(tmp_path / "a", with_paths) / "pairs.parquet")
+    b = preference.load_pairs(_write_pairs(tmp_path / "b", rows) / "pairs.parquet")
     assert [x[0].tobytes() for x in a["images"]] == [x[0].tobytes() for x in b["images"]]
+
+
+def test_controls_change_only_what_they_name(tmp_path):
+    """The experiment's controls on the same pairs: swapped sides, shuffled rejected answers, a blank image."""
+    rows = _rows(4)
+    path = _write_pairs(tmp_path / "f", rows) / "pairs.parquet"
+    same = preference.load_pairs(path)
+    swapped = preference.load_pairs(path, "swapped")
+    assert swapped["chosen"] == same["rejected"] and swapped["rejected"] == same["chosen"]
+    shuffled = preference.load_pairs(path, "shuffled", seed=1)  # shift 1 + 1 % 3 = 2
+    assert shuffled["chosen"] == same["chosen"] and shuffled["rejected"] == [same["rejected"][(i + 2) % 4] for i in range(4)]
+    assert preference.load_pairs(path, "shuffled", seed=0)["rejected"] == [same["rejected"][(i + 1) % 4] for i in range(4)]
+    blank = preference.load_pairs(path, "blank_image")
+    assert blank["chosen"] == same["chosen"] and blank["rejected"] == same["rejected"]
+    assert {im[0].getextrema() for im in blank["images"]} == {((128, 128), (128, 128), (128, 128))}
 
 
 # ---- config and multi-GPU launch ----

@@ -50,7 +50,7 @@ from seva_tasks.artifacts import PAIRS
 from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import ConfigError, InputError, StageError
-from seva_tasks.preference import PreferenceCollator, describe, encode_pairs, texts
+from seva_tasks.preference import PreferenceCollator, describe, encode_pairs, load_pairs, texts
 
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class TrainConfig(StageConfig):
     trust_remote_code: bool = Field(False, description="Allow the model directory's own Python code (off: nothing runs but transformers).")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: load weights in bfloat16 and train in bf16 mixed precision (GPU); fp32 for CPU and tests.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass: less memory, ~20% slower.")
-    loss_type: str = Field("sigmoid", description="TRL DPO loss; 'sigmoid' is the DPO paper's (and SeVa's) -log σ(β·margin).")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss; 'sigmoid' is the DPO paper's (and SeVa's) -log σ(β·margin); 'sft': NLL of the chosen answers only (a control).")
+    control: Literal["none", "swapped", "shuffled", "blank_image"] = Field("none", description="An experiment's control on the same pairs: chosen and rejected swapped, rejected answers shuffled across rows, or a blank image; none: SeVa.")
     beta: float = Field(0.1, gt=0, description="DPO β: higher keeps the policy closer to the reference.")
     learning_rate: float = Field(2e-6, gt=0, description="Peak learning rate (AdamW).")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name, e.g. cosine, linear, constant.")
@@ -133,15 +134,6 @@ def _check_inputs(model: Path, pairs: Path) -> int:
     return meta.metadata.num_rows
 
 
-def _load_pairs(pairs: Path):
-    """pairs.parquet -> a datasets.Dataset whose `images` ({bytes, path} cells, as the filter writes) decode to PIL."""
-    import datasets
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(pairs, memory_map=True)
-    return datasets.Dataset(table).cast_column("images", datasets.Sequence(datasets.Image()))
-
-
 def _prompt_lengths(ds, cfg: TrainConfig, processor) -> tuple[list[int], list[int], int]:
     """Token counts as the collator builds them: (prompt incl. image tokens, longest answer, tokens per image).
 
@@ -186,7 +178,7 @@ def show_example(cfg: TrainConfig, base: Path, pairs: Path, index: int = 0) -> s
     """Pair `index` as the trainer sees it (what `seva inspect train-example` prints): the decoded prompt,
     chosen and rejected tokens with the loss marked, and the image tensor's shape."""
     processor = _load_processor(cfg, base)
-    batch = PreferenceCollator(processor, cfg.conv_template, cfg.max_length)([_load_pairs(pairs)[index]])
+    batch = PreferenceCollator(processor, cfg.conv_template, cfg.max_length)([load_pairs(pairs)[index]])
     return describe(batch, processor, f"pair {index} of {pairs}, conv_template={cfg.conv_template}, model {base}")
 
 
@@ -259,7 +251,7 @@ def fit(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path):
 
     args = _dpo_config(cfg, out_dir)  # before the model: under ZeRO-3 it decides how weights load
     processor = _load_processor(cfg, base)
-    ds = _load_pairs(pairs)
+    ds = load_pairs(pairs, cfg.control, cfg.seed)
     lengths = _check_lengths(cfg, ds, processor)
     ds = concatenate_datasets([ds] * cfg.repeat)  # SeVa's `data * 2`; the sampler shuffles across copies
     model = load_model(cfg, base)

@@ -1,0 +1,100 @@
+"""Paired statistics of an experiment and its `verdict.json`: what the README's toy-world section quotes.
+
+Per run (one setting, one seed), `paired(results.parquet)` compares the base and the aligned model
+question by question: McNemar's discordant counts (b: base right, aligned wrong; c: the reverse) and
+the standard error of the accuracy delta. Pooled over seeds, McNemar's exact two-sided test asks
+whether SeVa changed which questions are answered right more often for the better than for the worse.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+HEADLINE = "pope"  # the benchmark SeVa's premise is about (noise pushes answers toward "yes")
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value: P(at most min(b, c) of b + c fair coin flips) x 2, capped at 1."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    ranked = sorted((s, i) for i, s in enumerate(pos + neg))
+    ranks = [0.0] * len(ranked)
+    i = 0
+    while i < len(ranked):  # average ranks over ties
+        j = i
+        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[ranked[k][1]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(ranks[: len(pos)])
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def paired(results: Path) -> dict[str, dict]:
+    """benchmark -> {n, b, c, delta_accuracy, se} from evaluate's results.parquet (base vs aligned)."""
+    import polars as pl
+
+    df = pl.read_parquet(results, columns=["benchmark", "model", "question_id", "correct"])
+    base = df.filter(pl.col("model") == "base").drop("model")
+    aligned = df.filter(pl.col("model") == "aligned").drop("model")
+    joined = base.join(aligned, on=["benchmark", "question_id"], suffix="_aligned").drop_nulls()
+    out = {}
+    for (name,), g in joined.group_by(["benchmark"], maintain_order=True):
+        d = [int(a) - int(b) for b, a in zip(g["correct"].to_list(), g["correct_aligned"].to_list())]
+        n = len(d)
+        out[name] = {"n": n, "b": d.count(-1), "c": d.count(1), "delta_accuracy": 100 * sum(d) / max(1, n),
+                     "se": 100 * statistics.stdev(d) / math.sqrt(n) if n > 1 else None}
+    return out
+
+
+def verdict(runs: list[dict], headline: str, controls: list[str]) -> dict:
+    """The experiment's verdict: gates per seed, POPE F1 deltas, pooled McNemar, pair audit, controls, and
+    the worst other benchmark's delta in standard errors (pooled over the headline setting's seeds)."""
+    head = [r for r in runs if r["setting"] == headline]
+    gates: dict[str, dict] = {}
+    for r in head:
+        for name, g in (r.get("gates") or {}).items():
+            entry = gates.setdefault(name, {"value": [], "threshold": g["threshold"], "passed": True})
+            entry["value"].append(g["value"])
+            entry["passed"] = entry["passed"] and g["passed"]
+
+    def deltas(rows: list[dict], bench: str) -> list[float]:
+        return [r["benchmarks"][bench]["aligned"] - r["benchmarks"][bench]["base"] for r in rows if bench in r["benchmarks"]]
+
+    b = sum(r.get("paired", {}).get(HEADLINE, {}).get("b", 0) for r in head)
+    c = sum(r.get("paired", {}).get(HEADLINE, {}).get("c", 0) for r in head)
+    worst = None
+    for bench in dict.fromkeys(n for r in head for n in r.get("paired", {})):
+        if bench == HEADLINE:
+            continue
+        d = [r["paired"][bench]["delta_accuracy"] for r in head if bench in r["paired"]]
+        se = [r["paired"][bench]["se"] for r in head if bench in r["paired"] and r["paired"][bench]["se"]]
+        if d and se:  # the seeds' mean delta over its standard error (independent seeds: SEs add in quadrature)
+            z = statistics.fmean(d) / (math.sqrt(sum(s * s for s in se)) / len(se))
+            worst = z if worst is None else min(worst, z)
+    pairs = {"only_chosen_right": sum(r["pair_quality"].get("chosen_only", 0) for r in head),
+             "only_rejected_right": sum(r["pair_quality"].get("rejected_only", 0) for r in head)}
+    return {
+        "setting": headline, "seeds": [r["seed"] for r in head], "gates": gates,
+        "pope_f1_delta": deltas(head, HEADLINE), "pope_mcnemar": {"b_base_only": b, "c_aligned_only": c},
+        "pope_f1_mcnemar_p": mcnemar_p(b, c),
+        "auroc_delta": [r["auroc"]["aligned"] - r["auroc"]["base"] for r in head if r.get("auroc")],
+        "pairs": pairs,
+        "controls": {name: {"pope_f1_delta": deltas([r for r in runs if r["setting"] == name], HEADLINE)}
+                     for name in controls},
+        "worst_other_delta_in_se": worst,
+    }

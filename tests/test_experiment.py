@@ -157,3 +157,34 @@ def test_a_base_model_failing_a_gate_is_refused_by_name(tmp_path):
     gates["heldout_shape"]["passed"] = True
     (d / "manifest.json").write_text(json.dumps({"stats": {"gates": gates}}))
     experiment.check_gates("paper", 2, {"pretrain": {"path": str(d)}})  # passes: no error
+
+
+def test_pope_yes_probabilities_batched_equal_one_by_one():
+    """p(yes) over the toy POPE files: left-padded batches give each question's own single forward pass."""
+    import torch
+    from PIL import Image
+
+    from seva_tasks import toy
+    from seva_tasks.benchmarks import pope
+    from seva_tasks.llava.images import expand2square
+    from seva_tasks.toy import ToyConfig, grounding, heldout
+    from seva_tasks.toy.model import prompt
+
+    cfg = ToyConfig()
+    toy.ensure(cfg)
+    model_dir, pope_dir = toy.model_dir(cfg), toy.root_dir(cfg) / "eval" / "pope"
+    scores, present = grounding.yes_probabilities(model_dir, pope_dir, batch=16)
+    questions = pope.load(pope_dir)
+    assert len(scores) == len(present) == len(questions) and 0 < sum(present) < len(present)
+    model, proc = heldout.load(model_dir)
+    yes, no = (proc.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "no"))
+    size = model.config.vision_config.image_size
+    fill = tuple(int(m * 255) for m in proc.image_processor.image_mean)
+    for i in (0, 17, len(questions) - 1):
+        with Image.open(questions[i].image) as im:
+            image = expand2square(im.convert("RGB"), fill).resize((size, size), Image.BICUBIC)
+        enc = proc(images=[image], text=[prompt(questions[i].text)], return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**enc).logits[0, -1, [yes, no]].float()
+        assert scores[i] == pytest.approx(torch.softmax(logits, -1)[0].item(), abs=1e-5)
+    assert grounding.pope_auroc(model_dir, pope_dir) == pytest.approx(verdict.auroc(scores, present))

@@ -19,7 +19,6 @@ shard, and a rerun redoes only the unfinished shards.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from seva_tasks.engines import WorkerSpec, make_engine
 from seva_tasks.engines.shards import done, run_shard
-from seva_tasks.engines.vllm_worker import _die_with_parent, worker_env
+from seva_tasks.engines.vllm_worker import start, worker_env
 from seva_tasks.store import write_json_atomic
 
 UNREACHABLE = 3  # exit code: the cluster could not be reached (pool names the address from the log)
@@ -128,15 +127,9 @@ def run(spec: WorkerSpec, jobs: list[dict], embeds: bool, work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Connect, run the spec's shards on the cluster; exit 0 only when every shard has a published result."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m seva_tasks.engines.ray_driver SPEC.json", file=sys.stderr)
+    if (started := start(argv, "seva_tasks.engines.ray_driver")) is None:
         return 2
-    _die_with_parent()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec_path = Path(args[0])
-    spec = json.loads(spec_path.read_text())
-    cfg = WorkerSpec.model_validate(spec["engine"])
+    spec_path, spec, cfg = started
     import ray
 
     try:

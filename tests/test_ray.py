@@ -5,7 +5,7 @@ One cluster serves the module: the local backend's output is the reference. The 
 write the same bytes when one node's engine actor is killed mid-run and Ray restarts it (default
 `ray_retries: 1`), and, with retries off, the stage fails naming the shard and the rerun writes the
 same bytes recomputing only the unfinished shards. Every listening socket seen must be loopback.
-Answers of 192 tokens make each 2-request shard last long enough (~0.5 s) to kill an actor mid-run.
+One request per shard (16 shards of ~0.1 s) leaves a window of a second or more to kill an actor mid-run.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import pytest
 from seva_tasks.engines.ray_cluster import local_cluster, loopback_namespace
 from seva_tasks.errors import StageError
 from seva_tasks.stages.generate import OUTPUT, WORK, run
-from test_generate import MODEL, SHARDS, _cfg, _wait_for_results, augmented  # noqa: F401  (augmented: a fixture)
+from test_generate import MODEL, _cfg, _wait_for_results, augmented  # noqa: F401  (augmented: a fixture)
 from test_reliability import _listeners
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 DASHBOARD_PORT = 8265
+SHARDS = 16  # 8 rows x 2 sides, one request per shard
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def _runs_dir(tmp_path_factory):
 
 def _vllm(**kw):
     """The generate config: vLLM in eager mode (its torch.compile warmup is ~15 s of each engine start here)."""
-    return _cfg(kind="vllm", vllm_args={"enforce_eager": True}, max_new_tokens=192, **kw)
+    return _cfg(kind="vllm", vllm_args={"enforce_eager": True}, shard_size=1, **kw)
 
 
 def _kill_one_actor_after_first_result(out: Path) -> dict:

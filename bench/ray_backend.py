@@ -18,6 +18,7 @@ from common import ROOT, row, summary
 
 
 def _jobs(work: Path, n: int, shard: int) -> list[dict]:
+    """P1's toy requests (half exact-noise), cut into request shards under work/shards/."""
     import pyarrow.parquet as pq
 
     import generate_throughput as G
@@ -29,6 +30,7 @@ def _jobs(work: Path, n: int, shard: int) -> list[dict]:
 
 
 def _timed(engine, jobs: list[dict], work: Path, budget: int) -> float:
+    """Seconds for one backend to answer every shard from scratch (earlier results removed)."""
     from seva_tasks.engines import pool
 
     shutil.rmtree(work / "shards" / "results", ignore_errors=True)
@@ -39,6 +41,7 @@ def _timed(engine, jobs: list[dict], work: Path, budget: int) -> float:
 
 
 def bench(work: Path, quick: bool, runs: int) -> list[dict]:
+    """The P8 row: Ray backend vs local backend wall seconds, sides alternating who goes first."""
     from seva_tasks.engines import EngineConfig
     from seva_tasks.engines.ray_cluster import loopback_namespace
 

@@ -136,3 +136,12 @@ def test_every_listening_socket_of_the_ray_runs_is_loopback_and_no_dashboard(clu
     exposed = sorted(s for s in seen["sockets"] if s[0] not in LOOPBACK)
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert not [s for s in seen["sockets"] if s[1] == DASHBOARD_PORT], "Ray's dashboard is on"
+
+
+def test_engine_gpus_with_the_ray_backend_is_a_config_error():
+    from pydantic import ValidationError
+
+    from seva_tasks.engines import EngineConfig
+
+    with pytest.raises(ValidationError, match=r"engine.gpus=\['0', '1'\] with engine.backend=ray"):
+        EngineConfig(backend="ray", gpus=["0", "1"])

@@ -69,6 +69,7 @@ def local_cluster(nodes: int = 2, python: Path | None = None, timeout: float = 1
 
 
 def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    """The holder's first stdout line, or StageError after `timeout` seconds (the holder is killed)."""
     import selectors
 
     with selectors.DefaultSelector() as sel:

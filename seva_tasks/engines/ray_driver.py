@@ -92,6 +92,8 @@ def _actors(spec: WorkerSpec, embeds: bool, work: Path, n_jobs: int) -> list:
         raise RuntimeError(f"the cluster has {gpus} GPU(s), fewer than engine.tensor_parallel_size={tp}")
     n = spec.ray_actors or (gpus // tp if gpus else sum(1 for node in ray.nodes() if node["Alive"]))
     n = max(1, min(n, n_jobs))
+    # A tensor-parallel group stays inside its actor: with no placement group vLLM picks its multiprocessing
+    # executor on the actor's GPUs (Ray sets CUDA_VISIBLE_DEVICES to them).
     actor = ray.remote(ShardActor).options(
         num_cpus=1, num_gpus=tp if gpus else 0, max_restarts=spec.ray_retries, max_task_retries=spec.ray_retries,
         scheduling_strategy="SPREAD")

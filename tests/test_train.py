@@ -12,7 +12,7 @@ import pytest
 
 from seva_tasks import preference, toy
 from seva_tasks.stages import train
-from seva_tasks.errors import ConfigError, InputError
+from seva_tasks.errors import ConfigError, InputError, StageError
 from seva_tasks.toy import ToyConfig
 from seva_tasks.preference import PreferenceCollator
 from seva_tasks.stages.train import TrainConfig
@@ -405,9 +405,22 @@ def test_controls_change_only_what_they_name(tmp_path):
 # ---- config and multi-GPU launch ----
 
 
-def test_num_processes_needs_an_accelerate_config():
-    with pytest.raises(ValueError, match="needs train.accelerate_config"):
-        TrainConfig(num_processes=8)
+def test_num_processes_above_one_defaults_to_the_ddp_config():
+    from seva_tasks import launch
+
+    assert launch.config_file(None, 2) == ROOT / "configs" / "accelerate" / "ddp.yaml"
+    assert launch.config_file(None, 1) is None and TrainConfig(num_processes=8).accelerate_config is None
+
+
+def test_ddp_and_zero2_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    ddp = load_config_from_file(str(ROOT / "configs" / "accelerate" / "ddp.yaml"))
+    assert ddp.distributed_type == "MULTI_GPU" and ddp.main_process_port == 0  # MULTI_CPU would start one process
+    z2 = load_config_from_file(str(ROOT / "configs" / "accelerate" / "zero2.yaml"))
+    plugin = DeepSpeedPlugin(hf_ds_config=str(ROOT / z2.deepspeed_config["deepspeed_config_file"]), zero3_init_flag=False)
+    assert z2.distributed_type == "DEEPSPEED" and plugin.zero_stage == 2 and not plugin.hf_ds_config.is_zero3()
 
 
 def test_zero3_accelerate_config_parses():
@@ -425,18 +438,38 @@ def test_zero3_accelerate_config_parses():
 
 
 @pytest.mark.slow
-def test_training_runs_under_accelerate_launch(tmp_path, model_dir):
-    """The multi-GPU path (`accelerate launch -m seva_tasks.stages.train`), as one CPU process."""
-    acc = tmp_path / "cpu.yaml"
-    acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\n"
-                   "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
+def test_ddp_on_two_cpu_processes_matches_one_process_at_the_same_global_batch(trained, tmp_path, model_dir):
+    """`train.num_processes=2` (configs/accelerate/ddp.yaml, gloo): 2 × 4 pairs per step against `trained`'s 1 × 8.
+
+    Both see the same pairs per step (accelerate shards each global batch of the seeded sampler), start
+    from the same seeded LoRA init, and DDP averages the two halves' gradients = the mean over 8. What
+    differs is float32 summation order (per-half losses, gloo's all-reduce) and padding to the longest
+    of 4 rows instead of 8. Measured (2026-12-01): losses within 1.7e-7 relative, reward margins (small
+    numbers) within 5.7e-6; at world size 1 (1 x 4 pairs per step, what the MULTI_CPU config did) they
+    part from step 2 by >= 9.3e-4 (loss) and >= 6.7e-2 (margins). Tolerances 1e-5 and 1e-3 sit between."""
+    single_cfg, _, single_out, _ = trained
     filt = _write_pairs(tmp_path / "filter", _rows())
-    cfg = TrainConfig(accelerate_config=acc, **{**FAST, "max_steps": 2})
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        stats = train.run(cfg, {"filter": filt, "model": model_dir}, tmp_path / "out")
-    finally:
-        os.environ.pop("OMP_NUM_THREADS") if env_threads is None else os.environ.__setitem__("OMP_NUM_THREADS", env_threads)
-    assert stats["processes"] == 1 and stats["counts"]["steps"] == 2 and stats["global_batch"] == 8
+    cfg = TrainConfig(**{**FAST, "per_device_train_batch_size": 4, "num_processes": 2, "save_steps": 100})
+    stats = train.run(cfg, {"filter": filt, "model": model_dir}, tmp_path / "out")
+    assert stats["processes"] == 2 and stats["global_batch"] == single_cfg.per_device_train_batch_size == 8
+    single = [json.loads(line) for line in (single_out / "metrics.jsonl").read_text().splitlines()]
+    single = [r for r in single if "loss" in r]
+    assert [m["step"] for m in stats["metrics"]] == [r["step"] for r in single] == list(range(1, 7))
+    for m, r in zip(stats["metrics"], single):
+        assert m["loss"] == pytest.approx(r["loss"], rel=1e-5), (m["step"], m["loss"], r["loss"])
+        assert m["rewards/margins"] == pytest.approx(r["rewards/margins"], rel=1e-3, abs=1e-7), (m["step"], m, r)
+    from peft import PeftModel
+
+    PeftModel.from_pretrained(train.load_model(cfg, model_dir, "float32"), tmp_path / "out" / "adapter")
     assert (tmp_path / "out" / "merged" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_multi_cpu_accelerate_config_is_an_error_naming_the_world_size(tmp_path, model_dir):
+    """accelerate's MULTI_CPU type starts one process without mpirun: caught, not trained at half the batch."""
+    acc = tmp_path / "multi_cpu.yaml"
+    acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nmixed_precision: 'no'\n"
+                   "num_machines: 1\nnum_processes: 2\nuse_cpu: true\n")
+    cfg = TrainConfig(accelerate_config=acc, **{**FAST, "num_processes": 2, "per_device_train_batch_size": 4, "max_steps": 1})
+    with pytest.raises(StageError, match=r"world size 1, not train.num_processes=2(.|\n)*configs/accelerate/ddp.yaml"):
+        train.run(cfg, {"filter": _write_pairs(tmp_path / "filter", _rows()), "model": model_dir}, tmp_path / "out")

@@ -5,7 +5,9 @@
 
 `shards.run_shards(jobs, spec)` loads one engine and turns request shards (Parquet) into result shards;
 `python -m seva_tasks.engines.vllm_worker SPEC.json` runs it under the engine env's interpreter, and
-`pool.run_workers` starts those processes (one per GPU group) and waits for them.
+`pool.run_workers` starts those processes (one per GPU group) and waits for them; with
+`backend: ray` it starts one driver instead (`python -m seva_tasks.engines.ray_driver SPEC.json`),
+which hands the same shards to engine actors on a Ray cluster (engines/ray_driver.py).
 This package is imported by that interpreter too, so it imports only what `.venv-vllm` has:
 pydantic, pyarrow, numpy, PIL, torch, transformers (never polars, prefect, diffusers, torchvision).
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from seva_tasks.base import StageConfig
 
@@ -43,7 +45,18 @@ class EngineConfig(StageConfig):
     trust_remote_code: bool = Field(False, description="Allow model code from the model directory (off: llava-hf needs none).")
     vllm_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for vllm.LLM (e.g. enforce_eager: true).")
     gpus: list[str] = Field(default_factory=list, description="GPU ids; one worker per tensor_parallel_size of them (empty: one worker, inherited devices).")
-    python: Path | None = Field(None, description="Worker interpreter; default .venv-vllm/bin/python for vllm, this interpreter for hf.")
+    python: Path | None = Field(None, description="Worker interpreter; default .venv-vllm/bin/python for vllm (and for any engine on Ray), this interpreter for hf.")
+    backend: Literal["local", "ray"] = Field("local", description="Where the shards run: 'local' worker processes on this machine, or 'ray' actors on a Ray cluster (same shard files, resume and output bytes).")
+    ray_address: str = Field("auto", description="ray: the cluster: 'auto' (the one `ray start` made on this node, or RAY_ADDRESS), 'HOST:6379' (its GCS), 'ray://HOST:10001' (Ray Client), or 'local' (a one-node Ray started for this run).")
+    ray_actors: int | None = Field(None, ge=1, description="ray: engine actors (None: the cluster's GPUs / tensor_parallel_size, or one per node on a CPU cluster).")
+    ray_retries: int = Field(1, ge=0, description="ray: restarts of an actor that dies mid-shard, its shard then retried (0: the run fails; a rerun redoes only unfinished shards).")
+
+    @model_validator(mode="after")
+    def _ray_places_gpus(self) -> EngineConfig:
+        if self.backend == "ray" and self.gpus:
+            raise ValueError(f"engine.gpus={self.gpus} with engine.backend=ray: Ray gives each actor tensor_parallel_size "
+                             "GPUs of its node itself. Set engine.gpus=[] (or backend=local).")
+        return self
 
 
 class WorkerSpec(EngineConfig):

@@ -128,18 +128,26 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def start(argv: list[str] | None, module: str) -> tuple[Path, dict, WorkerSpec] | None:
+    """What a worker (or the Ray driver) does first: check its one argument, tie its life to the
+    stage's, set up logging; returns (spec path, spec, engine settings), or None after a usage line."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(f"usage: python -m {module} SPEC.json", file=sys.stderr)
+        return None
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = json.loads(Path(args[0]).read_text())
+    return Path(args[0]), spec, WorkerSpec.model_validate(spec["engine"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the shards of a spec file; exit 0 only when every shard has a published result."""
     from seva_tasks.engines.shards import run_shards
 
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m seva_tasks.engines.vllm_worker SPEC.json", file=sys.stderr)
+    if (started := start(argv, "seva_tasks.engines.vllm_worker")) is None:
         return 2
-    _die_with_parent()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = json.loads(Path(args[0]).read_text())
-    cfg = WorkerSpec.model_validate(spec["engine"])
+    _, spec, cfg = started
     run_shards(spec["jobs"], cfg, embeds=spec.get("embeds", False))
     return 0
 

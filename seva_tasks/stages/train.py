@@ -2,6 +2,7 @@
 
     seva run --until train                              # this stage and every stage before it
     seva run --until train train.beta=0.2               # reruns only train (and what follows)
+    seva run --until train train.num_processes=2        # DDP through `accelerate launch` (seva_tasks/launch.py)
     python -m seva_tasks.stages.train CFG.json MODEL PAIRS.parquet OUT_DIR   # one training process: what
                                                         # `accelerate launch` starts on each GPU
 
@@ -38,18 +39,17 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from seva_tasks.artifacts import PAIRS
-from seva_tasks import progress
-from seva_tasks.base import StageConfig, resolve
-from seva_tasks.errors import ConfigError, InputError, StageError
+from seva_tasks import launch, progress
+from seva_tasks.base import StageConfig
+from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.preference import PreferenceCollator, describe, encode_pairs, load_pairs, texts
 
 
@@ -95,15 +95,8 @@ class TrainConfig(StageConfig):
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many optimizer steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps (what a rerun resumes from).")
     merged_dtype: Literal["float32", "bfloat16", "float16"] = Field("float16", description="dtype of merged/ (the merge itself runs in float32); float16 is LLaVA-1.5's release dtype and keeps small LoRA deltas better than bfloat16.")
-    accelerate_config: Path | None = Field(None, description="Train in `accelerate launch --config_file <this>` subprocesses (multi-GPU, DeepSpeed ZeRO-3: configs/accelerate/zero3.yaml); null: in this process.")
-    num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate_config; overrides the file's num_processes.")
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.num_processes > 1 and self.accelerate_config is None:
-            raise ValueError(f"train.num_processes={self.num_processes} needs train.accelerate_config "
-                             "(e.g. configs/accelerate/zero3.yaml); set it, or num_processes=1.")
-        return self
+    accelerate_config: Path | None = Field(None, description="Train in `accelerate launch --config_file <this>` subprocesses: configs/accelerate/ddp.yaml (DDP; the default when num_processes > 1), zero2.yaml (DeepSpeed ZeRO-2, paper presets), zero3.yaml (not with LoRA); null with num_processes 1: in this process.")
+    num_processes: int = Field(1, ge=1, description="Training processes (GPUs; on CPUs, gloo processes); > 1 launches accelerate. Overrides the file's num_processes. Global batch = per_device × this × accumulation.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +220,7 @@ def _lora_config(cfg: TrainConfig, model, path: Path):
 
 
 def _dpo_config(cfg: TrainConfig, out_dir: Path):
+    import torch
     from trl import DPOConfig
 
     return DPOConfig(
@@ -240,6 +234,8 @@ def _dpo_config(cfg: TrainConfig, out_dir: Path):
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2,  # the last one is what a rerun resumes from; two survive a crash mid-save
         trust_remote_code=cfg.trust_remote_code,
+        # Without CUDA, each process under `accelerate launch` must know it is a CPU process to join a gloo group.
+        use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -320,19 +316,6 @@ def merge(cfg: TrainConfig, base: Path, out_dir: Path) -> None:
 # Stage entry point
 
 
-def _launch(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path) -> None:
-    """Run `fit` under `accelerate launch` (one process per GPU); the config travels as JSON."""
-    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    cfg_file = out_dir / "checkpoints" / "train_config.json"
-    cfg_file.write_text(cfg.model_dump_json())
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(resolve(cfg.accelerate_config)),
-           "--num_processes", str(cfg.num_processes), "-m", "seva_tasks.stages.train", str(cfg_file), str(base), str(pairs), str(out_dir)]
-    log.info("Launching: %s", " ".join(cmd))
-    if subprocess.run(cmd, cwd=resolve(".")).returncode != 0:  # zero3.yaml's json path is project-relative
-        raise StageError(f"Training under accelerate failed (command above, config {cfg.accelerate_config}). "
-                         "Fix the error it printed and rerun: training resumes from its last checkpoint.")
-
-
 def _stats(out_dir: Path, n_pairs: int, cfg: TrainConfig, seconds: float) -> dict:
     history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [{k: row[k] for k in METRIC_KEYS if k in row} for row in history if "loss" in row]
@@ -362,8 +345,8 @@ def run(cfg: TrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     n_pairs = _check_inputs(base, pairs)
     if not (out_dir / "adapter" / "adapter_model.safetensors").is_file():
         log.info("Training %s on %d pairs ×%d from %s.", base, n_pairs, cfg.repeat, pairs)
-        if cfg.accelerate_config is not None:
-            _launch(cfg, base, pairs, out_dir)
+        if (config := launch.config_file(cfg.accelerate_config, cfg.num_processes)) is not None:
+            launch.launch(cfg, config, base, pairs, out_dir)
         else:
             fit(cfg, base, pairs, out_dir)
     merge(cfg, base, out_dir)
@@ -374,7 +357,7 @@ def run(cfg: TrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     return stats
 
 
-if __name__ == "__main__":  # a training process under `accelerate launch` (see _launch)
+if __name__ == "__main__":  # a training process under `accelerate launch` (seva_tasks/launch.py)
     logging.basicConfig(level=logging.INFO)
     _cfg, _base, _pairs, _out = sys.argv[1:5]
     fit(TrainConfig.model_validate_json(Path(_cfg).read_text()), Path(_base), Path(_pairs), Path(_out))

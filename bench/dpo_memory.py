@@ -78,13 +78,14 @@ def child(variant: str, model: Path, pairs: Path, out: Path, steps: int) -> None
     """One measured run (in its own process)."""
     import torch
 
+    from seva_tasks import preference
     from seva_tasks.stages import train
 
     torch.set_num_threads(1)
     cfg = train.TrainConfig(precision="fp32", lora_r=8, lora_alpha=16, per_device_train_batch_size=4,
                             repeat=1, max_steps=steps, max_length=None, learning_rate=1e-3, save_steps=10_000, seed=0)
     processor = train._load_processor(cfg, model)
-    ds = train._load_pairs(pairs)
+    ds = preference.load_pairs(pairs)
     args = train._dpo_config(cfg, out)
     args.save_strategy = "no"
     model_ = train.load_model(cfg, model)
@@ -92,11 +93,10 @@ def child(variant: str, model: Path, pairs: Path, out: Path, steps: int) -> None
         return
     from trl import DPOTrainer
 
-    from seva_tasks.preference import PreferenceCollator
 
     ref = train.load_model(cfg, model) if variant == "copy" else None
     trainer = DPOTrainer(model=model_, ref_model=ref, args=args, train_dataset=ds, processing_class=processor,
-                         data_collator=PreferenceCollator(processor, cfg.conv_template, cfg.max_length),
+                         data_collator=preference.PreferenceCollator(processor, cfg.conv_template, cfg.max_length),
                          peft_config=train._lora_config(cfg, model_, model))
     assert (trainer.ref_model is None) == (variant == "adapter")
     trainer.train()

@@ -47,8 +47,10 @@ run: setup
 	@echo "Artifacts: $(CURDIR)/data/artifacts/<stage>/<key>/  (manifest.json in each)"
 	@echo "Prefect UI: http://127.0.0.1:$(PORT)   (stop the server and worker with: make stop)"
 
+# Two workers, one test file each at a time (module fixtures stay in one process): most slow tests wait on
+# servers and engine starts, so the two cores overlap them (~35 -> ~TBD min here).
 test: setup browser
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 # Debian's Chromium for tests/test_ui.py, which Playwright drives (a browser download, `playwright install`,
 # does not work offline). Never fails the target: where apt-get cannot install it, that test skips and says why.

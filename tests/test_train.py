@@ -387,6 +387,47 @@ def test_pairs_with_image_paths_instead_of_bytes_load(tmp_path):
     assert [x[0].tobytes() for x in a["images"]] == [x[0].tobytes() for x in b["images"]]
 
 
+LN2 = 0.6931471805599453
+
+
+def test_each_loss_of_the_family_is_the_one_trl_computes(tmp_path, model_dir):
+    """Every loss runs end to end; at step 1 the policy is the reference (LoRA B = 0), so every margin is 0
+    and TRL's first logged loss has a closed form: sigmoid and robust ln 2, IPO (0 - 1/(2β))² = 25 at β = 0.1,
+    bco_pair 2 ln 2, and a weighted sum adds each part (the 'sft' part is the sft-only run's first loss).
+    After six steps the chosen answers of the training pairs are preferred (rewards/accuracies > 0.5)."""
+    filt = _write_pairs(tmp_path / "filter", _rows())
+    first, accuracy = {}, {}
+    cases = {"sft": {"loss_type": "sft"}, "sigmoid": {}, "ipo": {"loss_type": "ipo"},
+             "robust": {"loss_type": "robust", "label_smoothing": 0.1},
+             "mpo": {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
+             "rpo": {"rpo_alpha": 0.5}}
+    for name, over in cases.items():
+        out = tmp_path / name
+        out.mkdir()
+        trainer = train.fit(TrainConfig(**{**FAST, **over}), model_dir, filt / "pairs.parquet", out)
+        assert trainer.loss_types == TrainConfig(**over).losses()[0]
+        first[name] = trainer.state.log_history[0]["loss"]
+        accuracy[name] = trainer.evaluate(eval_dataset=preference.load_pairs(filt / "pairs.parquet"))["eval_rewards/accuracies"]
+    expected = {"sigmoid": LN2, "robust": LN2, "ipo": 25.0, "mpo": 0.8 * LN2 + 0.2 * 2 * LN2 + first["sft"],
+                "rpo": LN2 + 0.5 * first["sft"]}
+    for name, value in expected.items():
+        assert first[name] == pytest.approx(value, rel=1e-3), (name, first)
+    assert first["sft"] > 1.0  # a mean token NLL, not a DPO loss at a zero margin
+    assert all(a > 0.5 for a in accuracy.values()), accuracy
+
+
+def test_loss_settings_are_checked_at_config_load():
+    with pytest.raises(ValueError, match=r"unknown loss \['dpo'\]"):
+        TrainConfig(loss_type="dpo")
+    with pytest.raises(ValueError, match="1 weights for loss_type"):
+        TrainConfig(loss_type=["sigmoid", "ipo"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="label_smoothing must be > 0 with loss 'exo_pair'"):
+        TrainConfig(loss_type="exo_pair")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainConfig(loss_type="robust", label_smoothing=0.5)
+    assert TrainConfig(rpo_alpha=0.5, loss_weights=[2.0]).losses() == (["sigmoid", "sft"], [2.0, 0.5])
+
+
 def test_controls_change_only_what_they_name(tmp_path):
     """The experiment's controls on the same pairs: swapped sides, shuffled rejected answers, a blank image."""
     rows = _rows(4)

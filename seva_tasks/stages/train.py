@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from seva_tasks.artifacts import PAIRS
 from seva_tasks import launch, progress
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("images", "prompt", "chosen", "rejected")  # TRL's conversational vision preference format
 LLM_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+          "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL 1.16's DPOConfig.loss_type values
 METRIC_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "rewards/chosen", "rewards/rejected",
                "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
 
@@ -71,7 +73,10 @@ class TrainConfig(StageConfig):
     trust_remote_code: bool = Field(False, description="Allow the model directory's own Python code (off: nothing runs but transformers).")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: load weights in bfloat16 and train in bf16 mixed precision (GPU); fp32 for CPU and tests.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass: less memory, ~20% slower.")
-    loss_type: str = Field("sigmoid", description="TRL DPO loss; 'sigmoid' is the DPO paper's (and SeVa's) -log σ(β·margin); 'sft': NLL of the chosen answers only (a control).")
+    loss_type: str | list[str] = Field("sigmoid", description="TRL's DPO loss, or a list combined with loss_weights (e.g. MPO's [sigmoid, bco_pair, sft]); 'sigmoid' is the DPO paper's (and SeVa's) -log σ(β·margin); 'ipo', 'robust' (with label_smoothing), 'sft' (NLL of the chosen answers only), ... as TRL 1.16 names them.")
+    loss_weights: list[float] | None = Field(None, description="One weight per loss_type entry; null: 1.0 each.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO's probability that a preference label is flipped (loss 'robust'), EXO's ε ('exo_pair').")
+    rpo_alpha: float = Field(0.0, ge=0, description="RPO: add α·NLL of the chosen answer (TRL's 'sft' loss with weight α; TRL 1.16 has no rpo_alpha of its own).")
     control: Literal["none", "swapped", "shuffled", "blank_image"] = Field("none", description="An experiment's control on the same pairs: chosen and rejected swapped, rejected answers shuffled across rows, or a blank image; none: SeVa.")
     beta: float = Field(0.1, gt=0, description="DPO β: higher keeps the policy closer to the reference.")
     learning_rate: float = Field(2e-6, gt=0, description="Peak learning rate (AdamW).")
@@ -97,6 +102,27 @@ class TrainConfig(StageConfig):
     merged_dtype: Literal["float32", "bfloat16", "float16"] = Field("float16", description="dtype of merged/ (the merge itself runs in float32); float16 is LLaVA-1.5's release dtype and keeps small LoRA deltas better than bfloat16.")
     accelerate_config: Path | None = Field(None, description="Train in `accelerate launch --config_file <this>` subprocesses: configs/accelerate/ddp.yaml (DDP; the default when num_processes > 1), zero2.yaml (DeepSpeed ZeRO-2, paper presets), zero3.yaml (not with LoRA); null with num_processes 1: in this process.")
     num_processes: int = Field(1, ge=1, description="Training processes (GPUs; on CPUs, gloo processes); > 1 launches accelerate. Overrides the file's num_processes. Global batch = per_device × this × accumulation.")
+
+    @model_validator(mode="after")
+    def _known_losses(self) -> TrainConfig:
+        types, errors = self.losses()[0], []
+        if unknown := [t for t in types if t not in LOSSES]:
+            errors.append(f"train.loss_type: unknown loss {unknown}; TRL 1.16 has {', '.join(LOSSES)}.")
+        if self.loss_weights is not None and len(self.loss_weights) != (len(types) - (self.rpo_alpha > 0)):
+            errors.append(f"train.loss_weights: {len(self.loss_weights)} weights for loss_type {self.loss_type}; give one per loss.")
+        if "exo_pair" in types and self.label_smoothing == 0:
+            errors.append("train.label_smoothing must be > 0 with loss 'exo_pair' (TRL refuses 0; EXO's paper uses 1e-3).")
+        if errors:
+            raise ValueError(" ".join(errors))
+        return self
+
+    def losses(self) -> tuple[list[str], list[float]]:
+        """(TRL loss_type, loss_weights): the configured losses, plus 'sft' at weight rpo_alpha for RPO."""
+        types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        weights = list(self.loss_weights) if self.loss_weights is not None else [1.0] * len(types)
+        if self.rpo_alpha > 0:
+            types, weights = [*types, "sft"], [*weights, self.rpo_alpha]
+        return types, weights
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +251,8 @@ def _dpo_config(cfg: TrainConfig, out_dir: Path):
 
     return DPOConfig(
         output_dir=str(out_dir / "checkpoints"), seed=cfg.seed, report_to="none",
-        loss_type=cfg.loss_type, beta=cfg.beta, max_length=cfg.max_length,
+        loss_type=cfg.losses()[0], loss_weights=cfg.losses()[1], label_smoothing=cfg.label_smoothing, beta=cfg.beta,
+        max_length=cfg.max_length,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,

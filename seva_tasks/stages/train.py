@@ -249,9 +249,10 @@ def _dpo_config(cfg: TrainConfig, out_dir: Path):
     import torch
     from trl import DPOConfig
 
+    loss_type, loss_weights = cfg.losses()
     return DPOConfig(
         output_dir=str(out_dir / "checkpoints"), seed=cfg.seed, report_to="none",
-        loss_type=cfg.losses()[0], loss_weights=cfg.losses()[1], label_smoothing=cfg.label_smoothing, beta=cfg.beta,
+        loss_type=loss_type, loss_weights=loss_weights, label_smoothing=cfg.label_smoothing, beta=cfg.beta,
         max_length=cfg.max_length,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,

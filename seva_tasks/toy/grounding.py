@@ -20,7 +20,7 @@ def yes_probabilities(model_dir: Path, pope_dir: Path, batch: int = 32) -> tuple
     import torch
     from PIL import Image
 
-    from seva_tasks.llava.images import expand2square
+    from seva_tasks.llava.images import pad_and_resize
     from seva_tasks.toy.heldout import load
     from seva_tasks.toy.model import prompt
 
@@ -31,14 +31,13 @@ def yes_probabilities(model_dir: Path, pope_dir: Path, batch: int = 32) -> tuple
     tok.padding_side = "left"
     yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "no"))
     size, mean = model.config.vision_config.image_size, proc.image_processor.image_mean
-    fill = tuple(int(m * 255) for m in mean)
     scores: list[float] = []
     for i in range(0, len(questions), batch):
         chunk = questions[i:i + batch]
         images = []
         for q in chunk:
             with Image.open(q.image) as im:
-                images.append(expand2square(im.convert("RGB"), fill).resize((size, size), Image.BICUBIC))
+                images.append(pad_and_resize(im.convert("RGB"), size, mean))
         enc = proc(images=images, text=[prompt(q.text) for q in chunk], padding=True, return_tensors="pt")
         with torch.inference_mode():
             logits = model(**enc).logits[:, -1, [yes, no]].float()

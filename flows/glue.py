@@ -36,15 +36,20 @@ def preview(ref: dict, rows: int = 10) -> list[dict]:
     return [{k: str(v)[:200] for k, v in row.items()} for row in df.iter_rows(named=True)]
 
 
+def slug(node: str) -> str:
+    """A node as a Prefect artifact key (lowercase, digits, dashes): `generate[r2]` -> `generate-r2`."""
+    return node.replace("[", "-").replace("]", "")
+
+
 @contextlib.contextmanager
 def stage_progress(stage: str):
-    """Mirror seva_tasks.progress reports into one Prefect progress artifact per stage."""
+    """Mirror seva_tasks.progress reports into one Prefect progress artifact per node (`stage`: its name)."""
     state: dict[str, Any] = {}
 
     def listener(desc: str, done: int, total: int) -> None:
         pct = 100.0 * done / max(total, 1)
         if "id" not in state:
-            state["id"] = create_progress_artifact(progress=pct, key=f"{stage}-progress", description=desc)
+            state["id"] = create_progress_artifact(progress=pct, key=f"{slug(stage)}-progress", description=desc)
         elif pct - state.get("pct", 0) >= 5 or done == total:  # throttle API calls
             update_progress_artifact(state["id"], progress=pct, description=desc)
         state["pct"] = pct
@@ -59,22 +64,24 @@ def stage_progress(stage: str):
 def cache_key(context, parameters: dict) -> str:
     """The content key, per store: a cached result is a path into its own data dir."""
     root = hashlib.sha256(str(parameters["cfg"].artifacts).encode()).hexdigest()[:8]
-    return f"seva-{parameters['name']}-{parameters['key']}-{root}"
+    return f"seva-{slug(parameters['name'])}-{parameters['key']}-{root}"
 
 
 def publish(ref: dict) -> None:
     """What a person wants to see in the UI: a preview of the output, training curves, the report."""
     name, out = ref["stage"], Path(ref["path"])
+    node = ref.get("node", name)
+    key = slug(node)
     if rows := preview(ref):
-        create_table_artifact(table=rows, key=f"{name}-preview", description=f"{name}: first rows of {out}")
+        create_table_artifact(table=rows, key=f"{key}-preview", description=f"{node}: first rows of {out}")
     steps = _jsonl(out / "metrics.jsonl")
     if name == "train" and steps:
-        create_table_artifact(table=steps, key="train-metrics", description="DPO metrics per logging step")
+        create_table_artifact(table=steps, key=f"{key}-metrics", description=f"{node}: DPO metrics per logging step")
     if name in ("train", "pretrain") and (curves := _curves(name, out, steps)):
-        create_markdown_artifact(key=f"{name}-curves", markdown=curves, description=f"{name} curves ({out})")
+        create_markdown_artifact(key=f"{key}-curves", markdown=curves, description=f"{node} curves ({out})")
     if (report := out / "report.md").is_file():
-        create_markdown_artifact(key=f"{name}-report", markdown=plots.embed(report.read_text(), out),
-                                 description=f"{name} report ({out})")
+        create_markdown_artifact(key=f"{key}-report", markdown=plots.embed(report.read_text(), out),
+                                 description=f"{node} report ({out})")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -105,6 +112,6 @@ def summary(cfg: PipelineConfig, refs: dict[str, dict]) -> str:
     store = pipeline.store_for(cfg)
     lines = ["| stage | key | counts | drops |", "|---|---|---|---|"]
     for name, ref in refs.items():
-        stats = (store.manifest(name, ref["key"]) or {}).get("stats", {})
+        stats = (store.manifest(ref["stage"], ref["key"]) or {}).get("stats", {})
         lines.append(f"| {name} | `{ref['key']}` | {stats.get('counts', '')} | {stats.get('drops', '')} |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
     prefect deployment run seva/full --watch
     prefect deployment run seva/augment --params '{"overrides": {"augment.noise_step": 800}}'
     seva run --until augment augment.noise_step=800          # same flow, from the CLI
+    seva run rounds=2 round.2.train.learning_rate=1e-4       # iterative SeVa: tasks sample[r2]…evaluate[r2]
 
 A task's cache key is the stage's content key (seva_tasks/pipeline.py: config, upstream digests,
 code, model and data fingerprints), so a hit shows as `Cached`. `baseline` (the base model's answers
@@ -43,16 +44,19 @@ def seva(
     until: str | None = None,
     refresh: list[str] | None = None,
 ) -> dict[str, dict]:
-    """Run the stages up to `until` for a preset plus dotted overrides; `refresh` forces stages."""
+    """Run the stages up to `until` for a preset plus dotted overrides; `refresh` forces stages.
+
+    Names are nodes: `train`, or `train[r2]` for round 2 of a `rounds=k` run (`refresh: [train]`
+    forces train in every round)."""
     cfg = load_config(config, overrides)
     pipeline.prepare(cfg)
     store = pipeline.store_for(cfg)
     refs: dict[str, dict] = {}
     for name in pipeline.stages_until(cfg, until):
         key = pipeline.key_for(cfg, name, refs)
-        force = name in (refresh or [])
+        force = bool({name, pipeline.parse(name)[0]} & set(refresh or []))
         # Prefect's cache record can outlive the artifact dir: if the dir is gone, recompute.
-        fresh = store.manifest(name, key) is not None
+        fresh = store.manifest(pipeline.parse(name)[0], key) is not None
         refresh_cache = True if (force or not fresh) else None  # None, not False: keep the global setting
         refs[name] = stage.with_options(refresh_cache=refresh_cache)(name, key, cfg, dict(refs), force)
     create_markdown_artifact(key="seva-summary", markdown=summary(cfg, refs), description="seva run summary")

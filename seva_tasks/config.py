@@ -50,10 +50,50 @@ class PipelineConfig(BaseModel):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    rounds: int = Field(1, ge=1, description="SeVa rounds: round r >= 2 samples, augments, generates, filters and trains again, starting from round r-1's merged model (1 = SeVa).")
+    rounds_resample: bool = Field(True, description="Each round draws fresh rows (sample.seed + 1000·(r-1)); false: every round reuses round 1's draw.")
+    round: dict[int, dict[str, Any]] = Field(default_factory=dict, description="Per-round overrides of the round stages' sections, e.g. round.2.train.learning_rate=1e-4.")
 
     @property
     def artifacts(self) -> Path:
         return resolve(self.data_dir) / "artifacts"
+
+    def at_round(self, r: int) -> PipelineConfig:
+        """The config round `r` runs with: round 1 is this config; later rounds apply their `round.r`
+        overrides and, with rounds_resample, a fresh sample seed. Raises ConfigError naming `round.r.<key>`."""
+        if r == 1:
+            return self
+        over = self.round.get(r, {})
+        if bad := sorted(set(over) - set(ROUND_SECTIONS)):
+            raise ConfigError(f"round.{r}: {', '.join(bad)} cannot change per round (per-round sections: "
+                              f"{', '.join(ROUND_SECTIONS)}).")
+        tree = self.model_dump(exclude={"rounds", "round"})
+        for section, values in over.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"round.{r}.{section}: expected a mapping of {section} settings (got {values!r}).")
+            tree[section] = _merged(tree[section], values)
+        if self.rounds_resample and "seed" not in over.get("sample", {}):
+            tree["sample"]["seed"] = self.sample.seed + RESAMPLE_STRIDE * (r - 1)
+        try:
+            return PipelineConfig.model_validate(tree)
+        except ValidationError as e:
+            raise ConfigError("\n  ".join(
+                f"round.{r}.{'.'.join(map(str, err['loc']))}: " + ("unknown key" if err["type"] == "extra_forbidden"
+                                                                   else f"{err['msg']} (got {err['input']!r})")
+                for err in e.errors())) from None
+
+
+# The stages that run again in every round (evaluate too, with the `evaluate:` settings of round 1, so rounds compare).
+ROUND_SECTIONS = ("sample", "augment", "generate", "filter", "train")
+RESAMPLE_STRIDE = 1000  # round r draws with sample.seed + 1000·(r-1): apart from every experiment's seeds
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """`over` deep-merged into a copy of `base` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def preset_path(preset: str | Path) -> Path:
@@ -118,6 +158,8 @@ def load_config(preset: str | Path = "toy", overrides: list[str] | dict[str, Any
     tree.setdefault("preset", path.stem)
     errors: list[str] = []
     for dotted, value in parse_overrides(overrides).items():
+        if isinstance(tree.get("round"), dict):  # `round: {2: ...}` in YAML and `round.2.x=` on the CLI: one key
+            tree["round"] = {str(k): v for k, v in tree["round"].items()}
         _set_dotted(tree, dotted, value, errors)
     try:
         cfg = PipelineConfig.model_validate(tree)
@@ -128,6 +170,14 @@ def load_config(preset: str | Path = "toy", overrides: list[str] | dict[str, Any
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             errors.append(f"{loc}: {msg}{got}")
         cfg = None
+    for r in sorted(cfg.round) if cfg is not None else ():
+        if not 2 <= r:
+            errors.append(f"round.{r}: per-round overrides start at round 2 (round 1 is the config itself)")
+            continue
+        try:
+            cfg.at_round(r)
+        except ConfigError as e:
+            errors.append(str(e))
     if errors:
         raise ConfigError(f"Invalid config from {path}:\n  " + "\n  ".join(errors) + "\nFix the preset or the override and rerun.")
     return cfg

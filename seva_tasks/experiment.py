@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from seva_tasks import verdict
+from seva_tasks import pipeline, verdict
 from seva_tasks.artifacts import MERGED
 from seva_tasks.base import resolve
 from seva_tasks.benchmarks.report import NAMES
@@ -131,11 +131,12 @@ def check_gates(setting: str, seed: int, refs: dict[str, dict]) -> None:
 
 
 def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, refs: dict[str, dict]) -> dict:
-    """One run's line of runs.jsonl, from the flow's stage references."""
-    metrics = json.loads((Path(refs["evaluate"]["path"]) / "metrics.json").read_text())
-    kept = json.loads((Path(refs["filter"]["path"]) / "manifest.json").read_text())["stats"]["counts"]["kept"]
-    annotations = load_config(exp.preset, overrides).sample.annotations
-    quality = pair_quality(Path(refs["filter"]["path"]) / "pairs.parquet", annotations)
+    """One run's line of runs.jsonl, from the flow's stage references (with rounds: the last round's)."""
+    cfg = load_config(exp.preset, overrides)
+    last = {name: refs[pipeline.node(name, cfg.rounds)] for name in ("filter", "train", "evaluate")}
+    metrics = json.loads((Path(last["evaluate"]["path"]) / "metrics.json").read_text())
+    kept = json.loads((Path(last["filter"]["path"]) / "manifest.json").read_text())["stats"]["counts"]["kept"]
+    quality = pair_quality(Path(last["filter"]["path"]) / "pairs.parquet", cfg.sample.annotations)
     bench = {}
     for name, e in metrics["benchmarks"].items():
         h = e["headline"]
@@ -144,14 +145,13 @@ def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, ref
             bench[name] = {"metric": h, "base": base, "aligned": aligned}
     line = {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept, "pair_quality": quality,
             "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench, "gates": gates(refs),
-            "paired": verdict.paired(Path(refs["evaluate"]["path"]) / "results.parquet")}
+            "paired": verdict.paired(Path(last["evaluate"]["path"]) / "results.parquet")}
     if exp.auroc and "pope" in bench:
         from seva_tasks.toy.grounding import pope_auroc
 
-        cfg = load_config(exp.preset, overrides)
         pope_dir = resolve(cfg.evaluate.dirs.get("pope", cfg.evaluate.data_root / "pope"))
-        base = Path(json.loads((Path(refs["evaluate"]["path"]) / "manifest.json").read_text())["model"]["path"])
-        line["auroc"] = {"base": pope_auroc(base, pope_dir), "aligned": pope_auroc(Path(refs["train"]["path"]) / MERGED, pope_dir)}
+        base = Path(json.loads((Path(last["evaluate"]["path"]) / "manifest.json").read_text())["model"]["path"])
+        line["auroc"] = {"base": pope_auroc(base, pope_dir), "aligned": pope_auroc(Path(last["train"]["path"]) / MERGED, pope_dir)}
     return line
 
 

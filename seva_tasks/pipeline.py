@@ -4,7 +4,13 @@
 
 A stage's inputs are upstream artifact dirs and, for the stages that load weights, `model`: the
 model this run starts from (the preset's `model:`, or the pretrain stage's output when the preset
-has one), resolved once here (`model_input`) and passed like any other input. Its key is
+has one), resolved once here (`model_input`) and passed like any other input.
+
+With `rounds: k`, round r >= 2 runs sample…evaluate again as nodes `sample[r2]`…`evaluate[r2]`:
+generate and train load round r-1's merged model (train puts a fresh LoRA on it, and that model, with
+the adapter off, is DPO's reference: RLAIF-V's rounds), and each node reads its round's config
+(`PipelineConfig.at_round`). A node's artifact lives under its stage's name; its key is
+the stage's, so round 2 never invalidates round 1 and identical inputs share one artifact. Its key is
 sha256(stage, its config section, each upstream's (key, digest), the digest of its code and the
 project modules it imports, and the content fingerprints of its external inputs, the model's
 included); the manifest records the same, plus the model's path. Nothing here knows Prefect.
@@ -12,11 +18,12 @@ included); the manifest records the same, plus the model's path. Nothing here kn
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from seva_tasks.artifacts import MODEL
+from seva_tasks.artifacts import MERGED, MODEL
 from seva_tasks.config import PipelineConfig, resolve
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.fingerprint import code_digest, fingerprint
@@ -63,36 +70,76 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("baseline", baseline, ("model",), section="evaluate", resumable=True),
     Stage("evaluate", evaluate, ("model", "filter", "train", "baseline"), resumable=True),
 )}
+# What every round runs again (round r >= 2 as `generate[r2]`…); pretrain and baseline run once.
+ROUND_STAGES = ("sample", "augment", "generate", "filter", "train", "evaluate")
+NODE = re.compile(r"^(\w+)\[r(\d+)\]$")
+
+
+def node(name: str, r: int = 1) -> str:
+    """The graph node of stage `name` in round `r`: `train` in round 1, `train[r2]` in round 2."""
+    return name if r == 1 else f"{name}[r{r}]"
+
+
+def parse(node_name: str) -> tuple[str, int]:
+    """`train[r2]` -> ("train", 2); `train` -> ("train", 1). Raises ConfigError for an unknown stage."""
+    m = NODE.match(node_name)
+    name, r = (m.group(1), int(m.group(2))) if m else (node_name, 1)
+    if name not in STAGES or (r != 1 and (name not in ROUND_STAGES or r < 2)):
+        raise ConfigError(f"Unknown stage {node_name!r}. Stages: {', '.join(STAGES)}; "
+                          f"in round r >= 2: {', '.join(node(s, 2) for s in ROUND_STAGES)}.")
+    return name, r
+
+
+def nodes(cfg: PipelineConfig) -> tuple[str, ...]:
+    """Every node this config runs, in run order: pretrain (where configured), round 1 with baseline, then each later round."""
+    first = tuple(s for s in STAGES if s != "pretrain" or cfg.pretrain is not None)
+    return first + tuple(node(s, r) for r in range(2, cfg.rounds + 1) for s in ROUND_STAGES)
 
 
 def stages_until(cfg: PipelineConfig, until: str | None) -> tuple[str, ...]:
-    """The stages this config runs, in order: all of them, or `until` and what it needs (pretrain only where configured)."""
-    stages = tuple(s for s in STAGES if s != "pretrain" or cfg.pretrain is not None)
+    """The nodes this config runs, in order: all of them, or `until` and what it needs (pretrain only where configured)."""
+    stages = nodes(cfg)
     if until is None:
         return stages
     if until not in stages:
-        raise ConfigError(f"Unknown stage {until!r} for --until. Stages: {', '.join(stages)}.")
+        parse(until)  # an unknown stage says which exist
+        raise ConfigError(f"Stage {until!r} is not in this run (rounds={cfg.rounds}). Stages: {', '.join(stages)}.")
     needed, todo = set(), [until]
     while todo:
         if (name := todo.pop()) not in needed:
             needed.add(name)
-            todo.extend(deps(cfg, name))
+            todo.extend(deps(cfg, name).values())
     return tuple(s for s in stages if s in needed)
 
 
-def deps(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
-    """Upstream stages of `name`: its inputs, plus pretrain where pretrain makes the model it loads."""
+def deps(cfg: PipelineConfig, node_name: str) -> dict[str, str]:
+    """Upstream nodes of a node, as {input name the stage reads: node}. pretrain comes in where it makes
+    the model, round r-1's train where round r starts from its merged model, and evaluate[rR] also reads
+    the previous round's evaluate (`previous`), so its report has a column per round."""
+    name, r = parse(node_name)
     stage = STAGES[name]
-    made_by_pretrain = "model" in stage.inputs and name != "pretrain" and cfg.pretrain is not None
-    return stage.deps + (("pretrain",) if made_by_pretrain else ())
+    out = {dep: dep if dep in ("baseline", "pretrain") else node(dep, r) for dep in stage.deps}
+    if "model" in stage.inputs and name != "pretrain":
+        if r > 1 and name != "evaluate":  # evaluate's `model` is the base model (the report and the judge name it)
+            out["model"] = node("train", r - 1)
+        elif cfg.pretrain is not None:
+            out["model"] = "pretrain"
+    if name == "evaluate" and r > 1:
+        out["previous"] = node("evaluate", r - 1)
+    return out
 
 
-def model_input(cfg: PipelineConfig, name: str, upstream: dict[str, dict]) -> Path | None:
-    """The model directory stage `name` loads: pretrain's output where there is one, else the preset's."""
+def model_input(cfg: PipelineConfig, node_name: str, upstream: dict[str, dict]) -> Path | None:
+    """The model directory a node loads: round r-1's merged model in round r >= 2, else pretrain's output
+    where there is one, else the preset's."""
+    name, r = parse(node_name)
     if "model" not in STAGES[name].inputs:
         return None
-    if name != "pretrain" and cfg.pretrain is not None:
+    made_by = deps(cfg, node_name).get("model")
+    if made_by == "pretrain":
         return Path(upstream["pretrain"]["path"]) / MODEL
+    if made_by is not None:
+        return Path(upstream[made_by]["path"]) / MERGED
     if cfg.model is None:
         raise ConfigError(f"Stage '{name}' needs a model and the config has none. Set `model:` in the preset "
                           "or pass model=/path/to/llava-1.5-7b-hf.")
@@ -103,28 +150,33 @@ def store_for(cfg: PipelineConfig) -> Store:
     return Store(cfg.artifacts)
 
 
-def record(cfg: PipelineConfig, name: str, upstream: dict[str, dict]) -> dict:
-    """What identifies a stage run (and goes into its manifest): the model by path and content."""
+def record(cfg: PipelineConfig, node_name: str, upstream: dict[str, dict]) -> dict:
+    """What identifies a node's run (and goes into its manifest): its round's config section, its
+    upstream by (key, digest), its code, and the model by path and content."""
+    name, r = parse(node_name)
     stage = STAGES[name]
-    stage_cfg = stage.config(cfg)
-    model = model_input(cfg, name, upstream)
+    stage_cfg = stage.config(cfg.at_round(r))
+    model = model_input(cfg, node_name, upstream)
     return {
         "config": stage_cfg.model_dump(mode="json"),
-        "upstream": {dep: {"key": upstream[dep]["key"], "digest": upstream[dep]["digest"]} for dep in stage.deps},
+        "upstream": {dep: {"key": upstream[up]["key"], "digest": upstream[up]["digest"]}
+                     for dep, up in deps(cfg, node_name).items() if dep != "model"},  # the model counts by content
         "code": stage.code,
         "model": None if model is None else {"path": str(model), "fingerprint": fingerprint(model)},
         "external": stage.external(stage_cfg),
+        "round": r,
     }
 
 
 def _key(name: str, rec: dict) -> str:
-    # The model counts by content: the same weights under another path are the same input.
+    # The model counts by content: the same weights under another path are the same input. The round
+    # does not: a later round with round 1's inputs (rounds_resample: false) is round 1's artifact.
     model = rec["model"] and rec["model"]["fingerprint"]
     return stage_key(name, rec["config"], rec["upstream"], rec["code"], {"model": model, "data": rec["external"]})
 
 
-def key_for(cfg: PipelineConfig, name: str, upstream: dict[str, dict]) -> str:
-    return _key(name, record(cfg, name, upstream))
+def key_for(cfg: PipelineConfig, node_name: str, upstream: dict[str, dict]) -> str:
+    return _key(parse(node_name)[0], record(cfg, node_name, upstream))
 
 
 def ref(store: Store, manifest: dict) -> dict:
@@ -141,26 +193,28 @@ def prepare(cfg: PipelineConfig) -> None:
         toy.ensure(cfg.toy)
 
 
-def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, dict], *, key: str | None = None, force: bool = False) -> dict:
-    """Build (or find) one stage's artifact and return its reference."""
+def run_stage(cfg: PipelineConfig, node_name: str, upstream: dict[str, dict], *, key: str | None = None,
+              force: bool = False) -> dict:
+    """Build (or find) one node's artifact and return its reference (`node`: e.g. `train` or `train[r2]`)."""
+    name, r = parse(node_name)
     stage = STAGES[name]
     store = store_for(cfg)
-    rec = record(cfg, name, upstream)
-    inputs = {dep: Path(upstream[dep]["path"]) for dep in stage.deps}
+    rec = record(cfg, node_name, upstream)
+    inputs = {dep: Path(upstream[up]["path"]) for dep, up in deps(cfg, node_name).items() if dep != "model"}
     if rec["model"] is not None:
         inputs["model"] = Path(rec["model"]["path"])
         if rec["model"]["fingerprint"] is None:
-            raise InputError(f"{inputs['model']}: no model directory (stage '{name}'). Point `model:` at a local "
+            raise InputError(f"{inputs['model']}: no model directory (stage '{node_name}'). Point `model:` at a local "
                              "llava-hf checkpoint, e.g. model=/models/llava-1.5-7b-hf, and rerun.")
     manifest = store.build(
         name,
         key or _key(name, rec),
-        lambda out_dir: stage.module.run(stage.config(cfg), inputs, out_dir),
+        lambda out_dir: stage.module.run(stage.config(cfg.at_round(r)), inputs, out_dir),
         record=rec,
         force=force,
         resumable=stage.resumable,
     )
-    return ref(store, manifest)
+    return {**ref(store, manifest), "node": node_name, "round": r}
 
 
 def status(cfg: PipelineConfig, until: str | None = None) -> list[dict]:
@@ -169,15 +223,15 @@ def status(cfg: PipelineConfig, until: str | None = None) -> list[dict]:
     refs: dict[str, dict] = {}
     rows = []
     for name in stages_until(cfg, until):
-        stage_dir = store.root / name
+        stage_dir = store.root / parse(name)[0]
         older = stage_dir.is_dir() and any((p / "manifest.json").is_file() for p in stage_dir.iterdir() if p.is_dir())
-        if waiting := [dep for dep in deps(cfg, name) if dep not in refs]:
+        if waiting := [dep for dep in deps(cfg, name).values() if dep not in refs]:
             # Its key depends on what the upstream will publish: unknown until that reruns.
             rows.append({"stage": name, "state": "stale" if older else "missing", "key": None,
                          "why": f"upstream {', '.join(waiting)} not up to date"})
             continue
         key = key_for(cfg, name, refs)
-        manifest = store.manifest(name, key)
+        manifest = store.manifest(parse(name)[0], key)
         if manifest is not None:
             refs[name] = ref(store, manifest)
             rows.append({"stage": name, "state": "fresh", "key": key, "why": ""})

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
+import subprocess
 
+import httpx
 import pytest
 
 from seva_tasks import serve
+from seva_tasks.config import ROOT
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def free_port() -> int:
@@ -24,6 +31,24 @@ def server(tmp_path_factory):
     serve.start(port, home)
     yield port, home
     serve.stop(home)
+
+
+def deploy(server, deployment: str, params: dict) -> str:
+    """`prefect deployment run <deployment> --watch` against the test server; return the flow run's id."""
+    port, home = server
+    out = subprocess.run(
+        [str(ROOT / ".venv/bin/prefect"), "deployment", "run", deployment, "--watch", "--params", json.dumps(params)],
+        env=serve.prefect_env(port, home), cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return UUID.search(out.stdout).group(0)
+
+
+def task_states(server, flow_run: str) -> dict[str, str]:
+    """{task run name: state name} of one flow run, as the Prefect API records them."""
+    port, _ = server
+    runs = httpx.post(f"{serve.api_url(port)}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run]}}}).json()
+    return {r["name"]: r["state"]["name"] for r in runs}
 
 
 # A toy run in a few minutes: few pairs, a short pretraining, two DPO steps, three benchmarks (SQA among them).

@@ -8,34 +8,24 @@ downstream Cached (early cutoff on the output digest).
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from seva_tasks import pipeline, serve
+from conftest import deploy, task_states
+from seva_tasks import pipeline
 from seva_tasks.config import ROOT, load_config
 
 pytestmark = pytest.mark.slow
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _run(server, data_dir: Path, deployment: str = "seva/full", **params) -> dict[str, str]:
-    """`prefect deployment run <deployment> --watch`; return {task name: state name}."""
-    port, home = server
+    """`prefect deployment run <deployment> --watch`; return {stage task name: state name}."""
     params.setdefault("overrides", {})["data_dir"] = str(data_dir)
-    env = serve.prefect_env(port, home)
-    out = subprocess.run(
-        [str(ROOT / ".venv/bin/prefect"), "deployment", "run", deployment, "--watch", "--params", json.dumps(params)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    flow_run_id = UUID.search(out.stdout).group(0)
-    api = f"http://127.0.0.1:{port}/api"
-    runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
-    return {r["name"]: r["state"]["name"] for r in runs if r["name"] in pipeline.STAGES}
+    states = task_states(server, deploy(server, deployment, params))
+    return {name: state for name, state in states.items() if name in pipeline.STAGES}
 
 
 def _published(data: Path, stage: str) -> list[Path]:

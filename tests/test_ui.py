@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from conftest import deploy
 from seva_tasks import plots, serve
 from seva_tasks.benchmarks.report import NAMES
-from seva_tasks.config import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
@@ -36,7 +35,6 @@ needs_chromium = pytest.mark.skipif(
 # Headless as root, and quiet: this machine's network is closed, so no background connections.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 
@@ -51,17 +49,6 @@ def test_embed_leaves_no_relative_image_path(tmp_path):
     assert "*(B: plots/b.png not found)*" in out and "![C](https://example.org/c.png)" in out
 
 
-def _deploy(server, deployment: str, params: dict) -> str:
-    """`prefect deployment run <deployment> --watch`; return the flow run's id."""
-    port, home = server
-    out = subprocess.run(
-        [str(ROOT / ".venv/bin/prefect"), "deployment", "run", deployment, "--watch", "--params", json.dumps(params)],
-        env=serve.prefect_env(port, home), cwd=ROOT, capture_output=True, text=True, timeout=1800,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return UUID.search(out.stdout).group(0)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, small_run) -> tuple[Path, dict]:
     """The runs' temp dir, and their overrides (data in it, not in data/)."""
@@ -72,7 +59,7 @@ def work(tmp_path_factory, small_run) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def full_run(server, work) -> str:
     """One small `seva/full` run; its flow run id."""
-    return _deploy(server, "seva/full", {"overrides": work[1]})
+    return deploy(server, "seva/full", {"overrides": work[1]})
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +70,7 @@ def experiment_run(server, work, full_run) -> tuple[str, Path]:
     spec.write_text(yaml.safe_dump({"preset": "toy", "out": str(tmp / "experiment"), "seeds": [0, 1],
                                     "settings": [{"name": "small", "why": "the browser test's run",
                                                   "overrides": overrides}]}))
-    return _deploy(server, "seva-experiment/toy-seva", {"spec": str(spec)}), tmp / "experiment"
+    return deploy(server, "seva-experiment/toy-seva", {"spec": str(spec)}), tmp / "experiment"
 
 
 def _artifacts(server, flow_run: str) -> dict[str, dict]:

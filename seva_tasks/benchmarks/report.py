@@ -2,6 +2,7 @@
 
     plots/benchmarks.png   one panel per benchmark: base and aligned headline metric, delta in the title
     plots/lengths.png      chosen vs rejected answer lengths of the preference pairs (SeVa paper, Fig. 5)
+    plots/rounds.png       with rounds: each benchmark's headline metric from base (round 0) through every round
 
 report.md references the PNGs relatively (for people reading the file); the flow publishes it as a
 Prefect markdown artifact with the PNGs embedded as data URIs (flows/glue.py), since the UI cannot
@@ -29,6 +30,45 @@ def _table(bench: dict) -> list[str]:
         delta = f"{e['delta']:+.2f}" if "delta" in e else "–"
         lines.append(f"| {NAMES.get(name, name)} | {h} | {_fmt(base)} | {_fmt(aligned)} | {delta} |")
     return lines
+
+
+def _rounds_table(bench: dict, rounds: dict[str, dict]) -> list[str]:
+    """Base, then one column per round; Δ is the last round minus base."""
+    head = " | ".join(f"Round {r}" for r in rounds)
+    lines = [f"| Benchmark | Metric | Base | {head} | Δ (last − base) |", "|---|---|---:|" + "---:|" * (len(rounds) + 1)]
+    for name, e in bench.items():
+        h = e["headline"]
+        cells = " | ".join(_fmt(m.get(name, {}).get(h)) for m in rounds.values())
+        delta = f"{e['delta']:+.2f}" if "delta" in e else "–"
+        lines.append(f"| {NAMES.get(name, name)} | {h} | {_fmt(e.get('base', {}).get(h))} | {cells} | {delta} |")
+    return lines
+
+
+def _plot_rounds(bench: dict, rounds: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(bench)
+    cols = min(5, max(1, len(names)))
+    rows = -(-len(names) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    xs = [0, *map(int, rounds)]
+    for ax, name in zip(axes.flat, names):
+        h = bench[name]["headline"]
+        ys = [bench[name].get("base", {}).get(h), *(m.get(name, {}).get(h) for m in rounds.values())]
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        ax.axis("on")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="#2f6fb0")
+        ax.set_xticks(xs, ["base", *map(str, rounds)], fontsize=8)
+        ax.set_title(f"{NAMES.get(name, name)}\n{h}", fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _counts(bench: dict) -> list[str]:
@@ -121,8 +161,13 @@ def write_report(out_dir: Path, metrics: dict, pairs: Path) -> Path:
     md = ["# SeVa evaluation: base vs aligned", "",
           f"Base model: `{metrics['models']['base']}`  ", f"Aligned model: `{metrics['models']['aligned']}`  ",
           f"Judge (MM-Vet, LLaVA-Bench, MMBench fallback): {who}. Judged scores are comparable only under "
-          "the same judge.", "", *_table(bench), "", "![Base vs aligned per benchmark](plots/benchmarks.png)", "",
-          "## Answers that could not count", "", *_counts(bench), ""]
+          "the same judge.", "", *_table(bench), "", "![Base vs aligned per benchmark](plots/benchmarks.png)", ""]
+    if rounds := metrics.get("rounds"):
+        _plot_rounds(bench, rounds, out_dir / "plots" / "rounds.png")
+        md += [f"## Rounds: base and each of {len(rounds)} rounds (round r starts from round r-1's model)", "",
+               *(f"Round {r}: `{m}`  " for r, m in metrics["models"].get("rounds", {}).items()), "",
+               *_rounds_table(bench, rounds), "", "![Headline metric per round](plots/rounds.png)", ""]
+    md += ["## Answers that could not count", "", *_counts(bench), ""]
     lengths = _lengths(pairs)
     if lengths:
         _plot_lengths(*lengths, out_dir / "plots" / "lengths.png")

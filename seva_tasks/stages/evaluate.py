@@ -7,6 +7,11 @@
 The aligned model (train's `merged/`) is asked and scored by seva_tasks/benchmarks/protocol.py into
 this artifact's `answers/` and `scores/`; the base model's come from the `baseline` stage, which the
 same `evaluate:` settings produced, so after a training change only the aligned model is asked.
+
+In round r >= 2 (`evaluate[r2]`…) the input `previous` is round r-1's evaluate artifact: its rounds'
+scores and rows are carried over, labelled `round 1`…`round r-1`, so the last round's report shows
+base and every round side by side (`plots/rounds.png`) without asking an earlier model again.
+"aligned" is always this round's model.
 """
 
 from __future__ import annotations
@@ -32,6 +37,24 @@ def _base(baseline_dir: Path, names: list[str]) -> dict[str, dict]:
     if missing:
         raise InputError(f"{baseline_dir}: no baseline scores for {', '.join(missing)}. Rerun `seva run --until evaluate`.")
     return {n: json.loads((baseline_dir / "scores" / f"{n}.json").read_text()) for n in names}
+
+
+def _previous(previous: Path | None) -> tuple[dict, list[dict], dict]:
+    """Earlier rounds from round r-1's evaluate: ({round: {benchmark: metrics}}, result rows, {round: model})."""
+    if previous is None:
+        return {}, [], {}
+    import polars as pl
+
+    metrics = json.loads((previous / METRICS).read_text())
+    # Round 1's evaluate has no `rounds`: its own model ("aligned") is round 1. A later one lists every round, its own last.
+    rounds = {int(r): m for r, m in (metrics.get("rounds") or {}).items()} or {
+        1: {n: e["aligned"] for n, e in metrics["benchmarks"].items() if "aligned" in e}}
+    models = {int(r): m for r, m in (metrics["models"].get("rounds") or {}).items()} or {1: metrics["models"]["aligned"]}
+    last = max(rounds)
+    df = pl.read_parquet(previous / RESULTS).filter(pl.col("model") != "base")
+    df = df.with_columns(pl.when(pl.col("model") == "aligned").then(pl.lit(f"round {last}"))
+                         .otherwise(pl.col("model")).alias("model"))
+    return rounds, df.to_dicts(), models
 
 
 def _collect(scores: dict[str, dict[str, dict]]) -> tuple[list[dict], dict]:
@@ -65,8 +88,8 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     Args:
         cfg: the stage config. inputs: {"model": the base model (the report names it; the local judge
             serves it unless evaluate.judge_model), "filter": pairs artifact (answer lengths for the report),
-            "train": train artifact (merged/), "baseline": the base model's scores}. out_dir: the
-            store's resumable partial dir.
+            "train": train artifact (merged/), "baseline": the base model's scores, and in round r >= 2
+            "previous": round r-1's evaluate}. out_dir: the store's resumable partial dir.
     Returns:
         Manifest stats: headline metric per benchmark and model, answer counts, judge, seconds.
     """
@@ -78,15 +101,23 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     results = protocol.evaluate_model(cfg, aligned, out_dir, label="aligned", judge_base=base_model)
     aligned_scores = {n: json.loads((out_dir / "scores" / f"{n}.json").read_text()) for n in results}
     rows, bench = _collect({"base": base_scores, "aligned": aligned_scores})
-    _write_results(rows, out_dir / RESULTS)
+    rounds, earlier_rows, round_models = _previous(inputs.get("previous"))
+    _write_results(rows + earlier_rows, out_dir / RESULTS)
     judge = protocol.judge_of(results)
     metrics = {"models": {"base": str(base_model), "aligned": str(aligned)}, "judge": judge, "benchmarks": bench,
                "answers": {"aligned": {n: r["answers"] for n, r in results.items()}}}
+    if rounds:  # this round is the next one; every round's metrics, this one's included
+        this = max(rounds) + 1
+        rounds[this] = {n: e["aligned"] for n, e in bench.items() if "aligned" in e}
+        metrics["rounds"] = {str(r): m for r, m in sorted(rounds.items())}
+        metrics["models"]["rounds"] = {str(r): m for r, m in sorted({**round_models, this: str(aligned)}.items())}
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=1))
     write_report(out_dir, metrics, Path(inputs["filter"]) / PAIRS)
     for name, e in bench.items():
         log.info("%s %s: base %s → aligned %s (delta %s)", name, e["headline"], e.get("base", {}).get(e["headline"]),
                  e.get("aligned", {}).get(e["headline"]), e.get("delta"))
+    per_round = {r: {n: m[n].get(bench[n]["headline"]) for n in m} for r, m in metrics.get("rounds", {}).items()}
     return {"headline": {n: {lb: e[lb].get(e["headline"]) for lb in ("base", "aligned") if lb in e} for n, e in bench.items()},
+            **({"rounds": per_round} if per_round else {}),
             "answers": metrics["answers"], "judge": judge, "rows": len(rows),
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.seva import seva
 from seva_tasks import experiment, pipeline, plots
-from seva_tasks.config import load_config
+from seva_tasks.config import ROOT, load_config
 
 
 @flow(name="seva-experiment", persist_result=False, log_prints=True)
@@ -39,6 +39,8 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
         create_markdown_artifact(key="seva-experiment", markdown=_report(exp, out, len(runs), len(plan)),
                                  description=f"{spec} -> {out} ({len(runs)}/{len(plan)} runs)")
     print((out / "table.md").read_text())
+    if experiment.publish_readme(out, ROOT / "README.md"):
+        print(f"README.md: the experiments/{out.name} section now quotes {out / 'table.md'}")
     return str(out)
 
 

@@ -71,7 +71,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
     if not ns.quiet:
         for row in rows:
             key = row["key"] or "-"
-            print(f"{row['stage']:<10} {row['state']:<8} {key:<22} {row['why']}")
+            print(f"{row['stage']:<13} {row['state']:<8} {key:<22} {row['why']}")
         if all(r["state"] == "fresh" for r in rows):
             print("Data and pipelines are up to date.")
         else:

@@ -33,6 +33,7 @@ from seva_tasks.benchmarks.report import NAMES
 from seva_tasks.config import load_config
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.stages.sample import reference_answers
+from seva_tasks.store import write_atomic
 
 
 class Setting(BaseModel):
@@ -172,7 +173,7 @@ def summarize(runs: list[dict]) -> dict:
                            "delta": _stats([x["aligned"] - x["base"] for x in rows])}
         quality = {k: _stats([r["pair_quality"][k] for r in mine]) for k in mine[0].get("pair_quality", {})}
         out[setting] = {"seeds": [r["seed"] for r in mine], "pairs": _stats([r["pairs"] for r in mine]),
-                        "pair_quality": quality, "benchmarks": bench}
+                        "pair_quality": quality, "benchmarks": bench, "paired": verdict.pooled(mine)}
     return out
 
 
@@ -207,6 +208,7 @@ def table(exp: ExperimentConfig, summary: dict) -> str:
             over = ", ".join(f"`{k}={json.dumps(v, separators=(',', ':'))}`" for k, v in st.overrides.items())
             legend.append(f"- **{st.name}**: {st.why or 'no description'} ({over or 'the preset as is'})")
         lines += ["", *legend]
+    lines += _paired_table(exp, summary)
     quality = [(st.name, summary[st.name]["pair_quality"]) for st in exp.settings
                if summary.get(st.name, {}).get("pair_quality")]
     if quality:
@@ -218,6 +220,21 @@ def table(exp: ExperimentConfig, summary: dict) -> str:
                                                                 "rejected_only"))
             lines.append(f"| {name} | {q['pairs']['mean']:.1f} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def _paired_table(exp: ExperimentConfig, summary: dict) -> list[str]:
+    """Per setting and benchmark: per-question accuracy Δ (points) ± SE and McNemar's p, pooled over seeds."""
+    rows = [(st.name, summary[st.name]["paired"]) for st in exp.settings if summary.get(st.name, {}).get("paired")]
+    if not rows:
+        return []
+    names = list(dict.fromkeys(n for _, p in rows for n in p))
+    lines = ["", "### Paired per question: accuracy Δ (points) ± SE, McNemar p (exact, pooled over seeds)", "",
+             "| Setting | " + " | ".join(NAMES.get(n, n) for n in names) + " |", "|---|" + "---:|" * len(names)]
+    for name, p in rows:
+        cells = [f"{p[n]['delta_accuracy']:+.2f} ± {p[n]['se'] or 0:.2f} (p={p[n]['p']:.2g})" if n in p else "–"
+                 for n in names]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot_seeds(summary: dict, setting: str, path: Path) -> None:
@@ -269,6 +286,25 @@ def _plot_sweep(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def publish_readme(out: Path, readme: Path) -> bool:
+    """Put `out`'s table.md into `readme` between `<!-- experiments/<name>: begin -->` and `... end -->`,
+    so the README quotes what the experiment measured, never a number typed in. False: no such markers."""
+    import subprocess
+
+    begin, end = f"<!-- experiments/{out.name}: begin -->", f"<!-- experiments/{out.name}: end -->"
+    text = readme.read_text() if readme.is_file() else ""
+    if begin not in text or end not in text:
+        return False
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=readme.parent, capture_output=True, text=True)
+    at = f" at commit {head.stdout.strip()}" if head.returncode == 0 else ""
+    body = (f"*Written by `seva experiment` from `experiments/{out.name}/`{at}: "
+            f"[table.md](experiments/{out.name}/table.md), `runs.jsonl`, `verdict.json`, `plots/`.*\n\n"
+            + (out / "table.md").read_text())
+    new = text[: text.index(begin) + len(begin)] + "\n" + body + text[text.index(end):]
+    write_atomic(readme, lambda tmp: tmp.write_text(new))
+    return True
 
 
 def write(exp: ExperimentConfig, runs: list[dict]) -> Path:

@@ -61,6 +61,20 @@ def paired(results: Path) -> dict[str, dict]:
     return out
 
 
+def pooled(runs: list[dict]) -> dict[str, dict]:
+    """benchmark -> {n, b, c, p, delta_accuracy, se}: one setting's paired results pooled over its seeds
+    (McNemar on the summed discordant counts; the seeds' mean accuracy delta and its standard error)."""
+    out = {}
+    for bench in dict.fromkeys(n for r in runs for n in r.get("paired", {})):
+        rows = [r["paired"][bench] for r in runs if bench in r.get("paired", {})]
+        b, c = sum(x["b"] for x in rows), sum(x["c"] for x in rows)
+        se = [x["se"] for x in rows if x["se"] is not None]
+        out[bench] = {"n": sum(x["n"] for x in rows), "b": b, "c": c, "p": mcnemar_p(b, c),
+                      "delta_accuracy": statistics.fmean(x["delta_accuracy"] for x in rows),
+                      "se": math.sqrt(sum(s * s for s in se)) / len(se) if se else None}
+    return out
+
+
 def verdict(runs: list[dict], headline: str, controls: list[str]) -> dict:
     """The experiment's verdict: gates per seed, POPE F1 deltas, pooled McNemar, pair audit, controls, and
     the worst other benchmark's delta in standard errors (pooled over the headline setting's seeds)."""

@@ -188,3 +188,31 @@ def test_pope_yes_probabilities_batched_equal_one_by_one():
             logits = model(**enc).logits[0, -1, [yes, no]].float()
         assert scores[i] == pytest.approx(torch.softmax(logits, -1)[0].item(), abs=1e-5)
     assert grounding.pope_auroc(model_dir, pope_dir) == pytest.approx(verdict.auroc(scores, present))
+
+
+def test_paired_results_pool_over_seeds_into_the_table(tmp_path):
+    """Discordant counts add (b 1+0, c 4+3: p = 2·(1+8)/2^8); the seeds' SEs add in quadrature over n."""
+    runs = [{**_run("paper", 0, 7, (60.0, 62.0), (40.0, 40.0)),
+             "paired": {"pope": {"n": 10, "b": 1, "c": 4, "delta_accuracy": 30.0, "se": 15.0}}},
+            {**_run("paper", 1, 9, (60.0, 66.0), (40.0, 38.0)),
+             "paired": {"pope": {"n": 10, "b": 0, "c": 3, "delta_accuracy": 20.0, "se": 15.0}}}]
+    pooled = verdict.pooled(runs)["pope"]
+    assert (pooled["n"], pooled["b"], pooled["c"]) == (20, 1, 7)
+    assert pooled["p"] == pytest.approx(18 / 256) and pooled["delta_accuracy"] == pytest.approx(25.0)
+    assert pooled["se"] == pytest.approx((2 * 15.0 ** 2) ** 0.5 / 2)
+    exp = experiment.ExperimentConfig(out=tmp_path / "out", seeds=[0, 1], settings=[{"name": "paper"}])
+    table = (experiment.write(exp, runs) / "table.md").read_text()
+    assert "| paper | +25.00 ± 10.61 (p=0.07) |" in table
+
+
+def test_readme_section_is_the_experiment_table(tmp_path):
+    out = experiment.write(_exp(tmp_path), RUNS)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- experiments/out: begin -->\nold numbers\n<!-- experiments/out: end -->\noutro\n")
+    assert experiment.publish_readme(out, readme)
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("<!-- experiments/out: end -->\noutro\n")
+    assert (out / "table.md").read_text() in text
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not experiment.publish_readme(out, plain) and plain.read_text() == "no markers\n"

@@ -48,9 +48,10 @@ run: setup
 	@echo "Prefect UI: http://127.0.0.1:$(PORT)   (stop the server and worker with: make stop)"
 
 # Two workers, one test file each at a time (module fixtures stay in one process): most slow tests wait on
-# servers and engine starts, so the two cores overlap them (measured here: 25 min, serial ~38).
+# servers and engine starts, so the two cores overlap them. The longest files go first (tests/conftest.py
+# orders them; xdist's own reorder puts files with many tests first, which left e2e running alone at the end).
 test: setup browser
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # Debian's Chromium for tests/test_ui.py, which Playwright drives (a browser download, `playwright install`,
 # does not work offline). Never fails the target: where apt-get cannot install it, that test skips and says why.

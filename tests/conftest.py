@@ -16,6 +16,15 @@ from seva_tasks.config import ROOT
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+# The longest files, started first so that `make test`'s two workers finish together (file order otherwise).
+LONGEST_FIRST = ("test_e2e.py", "test_ray.py", "test_ui.py", "test_rounds.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order within a rank
+
+
 def free_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as s:

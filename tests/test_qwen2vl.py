@@ -137,6 +137,7 @@ def test_hf_engine_batch_matches_batch_one(qwen_model, requests, hf_outputs):
     assert all(o.prompt_tokens <= four.prompt_tokens(r.prompt) for o, r in zip(hf_outputs, requests))  # an upper bound
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_vllm_greedy_equals_hf_greedy_clean_and_exact_noise(qwen_model, requests, hf_outputs, tmp_path):
     """One vLLM worker process, as generate starts it: clean rows as PIL, noised rows as embeddings."""
@@ -157,3 +158,50 @@ def test_vllm_greedy_equals_hf_greedy_clean_and_exact_noise(qwen_model, requests
     assert [got[o.req_id]["token_ids"] for o in hf_outputs] == [o.token_ids for o in hf_outputs]
     assert [got[o.req_id]["text"] for o in hf_outputs] == [o.text for o in hf_outputs]
     assert [got[o.req_id]["prompt_tokens"] for o in hf_outputs] == [o.prompt_tokens for o in hf_outputs]
+
+
+# ----------------------------------------------------------------------------- the toy-qwen2vl preset
+
+
+@pytest.fixture(scope="module")
+def qwen_run(tmp_path_factory) -> tuple:
+    """toy-qwen2vl, scaled to 8 rows: sample -> augment artifacts (generate is each test's)."""
+    from seva_tasks import pipeline
+    from seva_tasks.config import load_config
+
+    cfg = load_config("toy-qwen2vl", {"data_dir": str(tmp_path_factory.mktemp("data")),
+                                      "sample.subsets": {"ocr_vqa": {"images": 4, "questions_per_image": 1},
+                                                         "textvqa": {"images": 4, "questions_per_image": 1}}})
+    pipeline.prepare(cfg)
+    refs: dict = {}
+    for name in ("sample", "augment"):
+        refs[name] = pipeline.run_stage(cfg, name, refs)
+    return cfg, refs
+
+
+def test_generate_refuses_llava_strings_for_a_qwen_model(qwen_run, qwen_model, tmp_path):
+    from seva_tasks.errors import ConfigError
+    from seva_tasks.stages.generate import GenerateConfig, run
+
+    _, refs = qwen_run
+    with pytest.raises(ConfigError, match="generate.conv_template=llava_v1 .* is a qwen2_vl model. Set generate.conv_template=chat_template"):
+        run(GenerateConfig(conv_template="llava_v1"), {"augment": Path(refs["augment"]["path"]), "model": qwen_model}, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_toy_qwen2vl_preset_runs_sample_augment_generate_with_vllm(qwen_run, qwen_model):
+    import polars as pl
+
+    from seva_tasks import pipeline
+    from seva_tasks.stages.generate import OUTPUT
+
+    cfg, refs = qwen_run
+    assert pipeline.nodes(cfg)[:3] == ("sample", "augment", "generate")  # no pretrain for this model
+    assert pipeline.model_input(cfg, "generate", refs) == qwen_model
+    gen = pipeline.run_stage(cfg, "generate", refs)
+    df = pl.read_parquet(Path(gen["path"]) / OUTPUT)
+    assert df.height == 8 and df["chosen"].null_count() == df["rejected"].null_count() == 0
+    assert set(df["mode"]) == {"exact"} and set(df["engine"]) == {"vllm"} and set(df["conv_template"]) == {"chat_template"}
+    assert all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n") for p in df["prompt"])
+    assert (df["chosen_token_ids"] != df["rejected_token_ids"]).sum() >= 2  # the noise changes answers

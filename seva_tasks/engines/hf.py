@@ -92,7 +92,6 @@ class HFEngine:
             outs.append(Output(r.req_id, text, toks, finish, int(lengths[j])))
         return outs
 
-
     def _llava_inputs(self, reqs: list[Request]):
         """The processor's inputs for square images; exact-noise rows get SeVa's noised tensor."""
         enc = self.processor(text=[r.prompt for r in reqs], images=[self.prep.square(r.image) for r in reqs],

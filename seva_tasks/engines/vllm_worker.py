@@ -17,6 +17,7 @@ on PYTHONPATH only for this process and its children.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -68,6 +69,9 @@ class VllmEngine:
             kwargs["enable_mm_embeds"] = True
         self.family = family(path)
         if self.family == "qwen2_vl":
+            if importlib.util.find_spec("torchvision") is None:  # else vLLM fails deep in its model inspection
+                raise RuntimeError(f"vLLM's Qwen2-VL needs torchvision, which the engine env {sys.prefix} lacks. "
+                                   "Run `make setup` (requirements/engine.lock pins torchvision==0.28.0).")
             kwargs["limit_mm_per_prompt"] = {"image": 1, "video": 0}  # no video: vLLM then profiles none
         self.llm = LLM(**{**kwargs, **cfg.vllm_args})
         self.tokenizer = self.llm.get_tokenizer()

@@ -134,7 +134,11 @@ def test_hf_engine_batch_matches_batch_one(qwen_model, requests, hf_outputs):
     assert [o.token_ids for o in four.generate(requests)] == [o.token_ids for o in hf_outputs]
     clean, noised = hf_outputs[0::2], hf_outputs[1::2]
     assert sum(c.token_ids != n.token_ids for c, n in zip(clean, noised)) >= 3  # the noise reaches the model
-    assert all(o.prompt_tokens <= four.prompt_tokens(r.prompt) for o, r in zip(hf_outputs, requests))  # an upper bound
+    # the length check counts each image's own tokens (dynamic resolution), exactly as the model sees them
+    assert [four.prompt_tokens(r.prompt, r.image) for r in requests] == [o.prompt_tokens for o in hf_outputs]
+    assert len({o.prompt_tokens for o in hf_outputs}) > 1  # different sizes, different counts
+    text = len(four.tokenizer(requests[0].prompt).input_ids)
+    assert four.prompt_tokens(requests[0].prompt) == text + 16 - 1  # no image known: at most 112²/28² tokens
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ class HFEngine:
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.family = family(path)
-        if self.family == "qwen2_vl":  # dynamic resolution: an image is at most max_image_tokens tokens
+        if self.family == "qwen2_vl":
             self.images = ImageInputs(resolve(cfg.model))
         else:
             self.prep = ImagePrep(resolve(cfg.model), pad=cfg.pad_to_square)
@@ -53,9 +53,13 @@ class HFEngine:
         self.image_token_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
         self.image_tokens = self.images.max_image_tokens if self.family == "qwen2_vl" else image_tokens(config)
 
-    def prompt_tokens(self, prompt: str) -> int:
+    def prompt_tokens(self, prompt: str, image: str | None = None) -> int:
         ids = self.tokenizer(prompt).input_ids
-        return len(ids) + ids.count(self.image_token_id) * (self.image_tokens - 1)
+        return len(ids) + ids.count(self.image_token_id) * (self._image_tokens(image) - 1)
+
+    def _image_tokens(self, image: str | None) -> int:
+        """LLaVA: a fixed count. Qwen2-VL: the image's own (dynamic resolution), at most max_image_tokens."""
+        return self.images.image_tokens(image) if self.family == "qwen2_vl" else self.image_tokens
 
     def generate(self, requests: list[Request]) -> list[Output]:
         out: list[Output] = []

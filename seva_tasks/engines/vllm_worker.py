@@ -77,7 +77,7 @@ class VllmEngine:
         self.tokenizer = self.llm.get_tokenizer()
         config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
         self.image_token_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
-        if self.family == "qwen2_vl":  # dynamic resolution: an image is at most max_image_tokens tokens
+        if self.family == "qwen2_vl":
             self.images = ImageInputs(path)
             self.image_tokens = self.images.max_image_tokens
             self.encoder = qwen_encoder(path, cfg.dtype, cfg.vision_device) if embeds else None
@@ -89,9 +89,13 @@ class VllmEngine:
 
         self.row_errors = (OSError, VLLMValidationError)  # a bad image / a rejected prompt, not a broken engine
 
-    def prompt_tokens(self, prompt: str) -> int:
+    def prompt_tokens(self, prompt: str, image: str | None = None) -> int:
         ids = self.tokenizer(prompt).input_ids
-        return len(ids) + ids.count(self.image_token_id) * (self.image_tokens - 1)
+        return len(ids) + ids.count(self.image_token_id) * (self._image_tokens(image) - 1)
+
+    def _image_tokens(self, image: str | None) -> int:
+        """LLaVA: a fixed count. Qwen2-VL: the image's own (dynamic resolution), at most max_image_tokens."""
+        return self.images.image_tokens(image) if self.family == "qwen2_vl" else self.image_tokens
 
     def _images(self, requests: list[Request]) -> list:
         """PIL squares for clean rows; (1, tokens, hidden) embeddings for exact-noise rows."""

@@ -48,6 +48,21 @@ class ImageInputs:
         max_pixels = p.size["longest_edge"] if p.size.get("longest_edge") else p.max_pixels
         self.max_image_tokens = int(max_pixels) // (self.patch * self.merge) ** 2  # smart_resize's upper bound
 
+    def image_tokens(self, path: str | Path | None) -> int:
+        """Tokens the image occupies once its placeholder is expanded (its smart_resize's merged patches,
+        from the file's header); max_image_tokens when there is no path or it does not open (the engine
+        then drops the row as unreadable)."""
+        from PIL import Image
+
+        if path is None:
+            return self.max_image_tokens
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (OSError, ValueError):
+            return self.max_image_tokens
+        return self.processor.get_number_of_image_patches(h, w) // self.merge**2
+
     def image(self, path: str | Path) -> Image.Image:
         """The RGB image as the processor (and vLLM's) receives it: no padding, no resize here."""
         return load_rgb(Path(path))

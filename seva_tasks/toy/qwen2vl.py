@@ -67,24 +67,26 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
                                    model_max_length=2048, padding_side="left")
 
 
-def qwen2vl_config(tokenizer, seed_cfg: world.ToyConfig):
+def qwen2vl_config(tokenizer, cfg: world.ToyConfig):
     """Qwen2-VL's wiring at toy size; token ids are the tokenizer's."""
     from transformers import Qwen2VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
     text = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6,
-                initializer_range=seed_cfg.init_std, bos_token_id=ids["<|endoftext|>"],
+                initializer_range=cfg.init_std, bos_token_id=ids["<|endoftext|>"],
                 eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False,
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]})
     vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=4, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, initializer_range=seed_cfg.init_std)
+                  spatial_merge_size=2, temporal_patch_size=2, initializer_range=cfg.init_std)
     return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                          video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                          vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
 def _processor(tokenizer):
+    """Qwen2VLProcessor: the image processor at toy pixel bounds, the tokenizer, a video processor (the
+    processor class requires one; vLLM never gets videos here) and the chat template."""
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     images = Qwen2VLImageProcessor(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
@@ -115,6 +117,7 @@ _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 def model_dir(cfg: world.ToyConfig) -> Path:
+    """Where the tiny Qwen2-VL lives: inside the toy root, beside the tiny LLaVA's `model/`."""
     return world.root_dir(cfg) / DIR
 
 

@@ -27,8 +27,9 @@ $(VENV)/.installed: requirements/pipeline.lock pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-# The engine env is installed from an explicit list with --no-deps, so torchaudio/torchcodec/
-# torchvision/triton (unused on CPU, broken beside torch+cpu) never come in (DESIGN §4).
+# The engine env is installed from an explicit list with --no-deps, so torchaudio/torchcodec/triton
+# (unused on CPU, broken beside torch+cpu) never come in; torchvision comes in for Qwen2-VL, made
+# importable by engines/_shim/sitecustomize.py (DESIGN §4).
 $(ENGINE)/.installed: requirements/engine.lock requirements/engine-gpu.in pyproject.toml
 	$(PYTHON) -m venv $(ENGINE)
 ifeq ($(GPU),1)

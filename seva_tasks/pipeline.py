@@ -186,11 +186,15 @@ def ref(store: Store, manifest: dict) -> dict:
 
 
 def prepare(cfg: PipelineConfig) -> None:
-    """Build the embedded toy world (data + tiny model) if this config uses it."""
+    """Build the embedded toy world (data + tiny model) if this config uses it, and the tiny Qwen2-VL
+    when the run starts from it (toy-qwen2vl)."""
     if cfg.toy is not None:
         from seva_tasks import toy
+        from seva_tasks.toy import qwen2vl
 
         toy.ensure(cfg.toy)
+        if cfg.model is not None and resolve(cfg.model) == qwen2vl.model_dir(cfg.toy):
+            qwen2vl.ensure(cfg.toy)
 
 
 def run_stage(cfg: PipelineConfig, node_name: str, upstream: dict[str, dict], *, key: str | None = None,

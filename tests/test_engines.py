@@ -119,7 +119,7 @@ class _FlakyEngine:
 
     row_errors = (ValueError,)
 
-    def prompt_tokens(self, prompt):
+    def prompt_tokens(self, prompt, image=None):
         return len(prompt)
 
     def generate(self, reqs):

@@ -19,6 +19,8 @@ from pydantic import ValidationError
 
 from seva_tasks import toy
 from seva_tasks.base import ROOT
+from seva_tasks.engines import EngineConfig
+from seva_tasks.engines.vllm_worker import worker_env
 from seva_tasks.errors import ConfigError
 from seva_tasks.store import file_sha256
 from seva_tasks.toy import ToyConfig
@@ -302,7 +304,8 @@ def test_vllm_greedy_matches_transformers(world, tmp_path):
     hf = _hf_greedy_and_embeds(world, requests, 24, tmp_path / "embeds.safetensors")
     args = {"model": str(toy.model_dir(world)), "requests": requests, "max_tokens": 24,
             "embeds": str(tmp_path / "embeds.safetensors"), "out": str(tmp_path / "v.json")}
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1"}
+    # the workers' environment: with torchvision in the engine env, its import needs the shim (engines/_shim)
+    env = {**worker_env(os.environ, EngineConfig(kind="vllm")), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     proc = subprocess.run([str(ENGINE_PYTHON), "-c", VLLM_SCRIPT, json.dumps(args)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr[-4000:]

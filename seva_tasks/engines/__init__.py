@@ -92,8 +92,8 @@ class Output:
 class Engine(Protocol):
     """What the shard runner needs from an engine."""
 
-    def prompt_tokens(self, prompt: str) -> int:
-        """Tokens the prompt occupies, image placeholders expanded (for the per-row length check)."""
+    def prompt_tokens(self, prompt: str, image: str | None = None) -> int:
+        """Tokens the prompt occupies, image placeholders expanded as for `image` (for the per-row length check)."""
 
     def generate(self, requests: list[Request]) -> list[Output]:
         """Answers in request order; may raise for a whole batch (the runner then splits it)."""

@@ -12,6 +12,8 @@ import hashlib
 from seva_tasks.base import resolve
 from seva_tasks.engines import Output, Request, WorkerSpec, answer_text
 from seva_tasks.engines.vision import ImagePrep, resolve_dtype
+from seva_tasks.family import family
+from seva_tasks.qwen2vl.images import ImageInputs
 
 
 def request_seed(seed: int, key: str) -> int:
@@ -20,7 +22,7 @@ def request_seed(seed: int, key: str) -> int:
 
 
 class HFEngine:
-    """LlavaForConditionalGeneration + its processor, on CPU or the first GPU."""
+    """The model (LLaVA or Qwen2-VL family) + its processor, on CPU or the first GPU."""
 
     row_errors: tuple[type[BaseException], ...] = (OSError,)  # an unreadable image
 
@@ -39,17 +41,25 @@ class HFEngine:
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
-        self.prep = ImagePrep(resolve(cfg.model), pad=cfg.pad_to_square)
+        self.family = family(path)
+        if self.family == "qwen2_vl":
+            self.images = ImageInputs(resolve(cfg.model))
+        else:
+            self.prep = ImagePrep(resolve(cfg.model), pad=cfg.pad_to_square)
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos)
         self.image_token_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
-        self.image_tokens = image_tokens(config)
+        self.image_tokens = self.images.max_image_tokens if self.family == "qwen2_vl" else image_tokens(config)
 
-    def prompt_tokens(self, prompt: str) -> int:
+    def prompt_tokens(self, prompt: str, image: str | None = None) -> int:
         ids = self.tokenizer(prompt).input_ids
-        return len(ids) + ids.count(self.image_token_id) * (self.image_tokens - 1)
+        return len(ids) + ids.count(self.image_token_id) * (self._image_tokens(image) - 1)
+
+    def _image_tokens(self, image: str | None) -> int:
+        """LLaVA: a fixed count. Qwen2-VL: the image's own (dynamic resolution), at most max_image_tokens."""
+        return self.images.image_tokens(image) if self.family == "qwen2_vl" else self.image_tokens
 
     def generate(self, requests: list[Request]) -> list[Output]:
         out: list[Output] = []
@@ -61,13 +71,7 @@ class HFEngine:
         """One padded generate call; rows stop at EOS or at their own token budget."""
         import torch
 
-        enc = self.processor(text=[r.prompt for r in reqs], images=[self.prep.square(r.image) for r in reqs],
-                             padding=True, return_tensors="pt")
-        pv = enc["pixel_values"]
-        for j, r in enumerate(reqs):
-            if r.noise_step is not None:
-                pv[j] = self.prep.noised(r.image, r.noise_step, r.aug_seed)[0].to(pv.dtype)
-        enc["pixel_values"] = pv.to(self.dtype)
+        enc = self._qwen_inputs(reqs) if self.family == "qwen2_vl" else self._llava_inputs(reqs)
         enc = enc.to(self.device)
         width = enc["input_ids"].shape[1]
         lengths = enc["attention_mask"].sum(dim=1).tolist()
@@ -91,6 +95,30 @@ class HFEngine:
             text = answer_text(self.tokenizer, [t for t in toks if t not in self.eos])
             outs.append(Output(r.req_id, text, toks, finish, int(lengths[j])))
         return outs
+
+    def _llava_inputs(self, reqs: list[Request]):
+        """The processor's inputs for square images; exact-noise rows get SeVa's noised tensor."""
+        enc = self.processor(text=[r.prompt for r in reqs], images=[self.prep.square(r.image) for r in reqs],
+                             padding=True, return_tensors="pt")
+        pv = enc["pixel_values"]
+        for j, r in enumerate(reqs):
+            if r.noise_step is not None:
+                pv[j] = self.prep.noised(r.image, r.noise_step, r.aug_seed)[0].to(pv.dtype)
+        enc["pixel_values"] = pv.to(self.dtype)
+        return enc
+
+    def _qwen_inputs(self, reqs: list[Request]):
+        """The processor's inputs; an exact-noise row's patches (its slice of the concatenated
+        pixel_values, sized by its image_grid_thw) are noised in place."""
+        enc = self.processor(text=[r.prompt for r in reqs], images=[self.images.image(r.image) for r in reqs],
+                             padding=True, return_tensors="pt")
+        pv, at = enc["pixel_values"], 0
+        for r, n in zip(reqs, enc["image_grid_thw"].prod(-1).tolist()):
+            if r.noise_step is not None:
+                pv[at : at + n] = self.images.noise(pv[at : at + n], r.noise_step, r.aug_seed)
+            at += n
+        enc["pixel_values"] = pv.to(self.dtype)
+        return enc
 
 
 def image_tokens(config) -> int:

@@ -73,7 +73,7 @@ def _checked(engine: Engine, reqs: list[Request], max_model_len: int) -> list[Ou
     out: dict[str, Output] = {}
     ok = []
     for r in reqs:
-        n = engine.prompt_tokens(r.prompt)
+        n = engine.prompt_tokens(r.prompt, r.image)
         if n >= max_model_len:
             out[r.req_id] = Output(r.req_id, prompt_tokens=n,
                                    error=f"prompt_too_long: {n} prompt tokens >= max_model_len {max_model_len}")

@@ -9,6 +9,8 @@
 - `VisionEncoder`: noised pixel values -> (1, image_tokens, text_hidden) embeddings, i.e. the
   vision tower's penultimate layer (CLS dropped) through the projector, which vLLM's LLaVA accepts
   as `multi_modal_data={"image": embeds}` (`enable_mm_embeds=True`). Only those weights are loaded.
+- `qwen_encoder(model, dtype, device)`: the same for a Qwen2-VL checkpoint (seva_tasks.qwen2vl.vision),
+  with this module's dtype and device rules.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from seva_tasks.llava.images import load_rgb, normalize, pad_and_resize
 from seva_tasks.llava.noise import add_diffusion_noise
+from seva_tasks.qwen2vl.vision import VisualEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -148,3 +151,14 @@ class VisionEncoder:
             if self.strategy == "default":
                 feats = [f[:, 1:] for f in feats]
             return self.projector(torch.cat(feats, dim=-1)).to("cpu", self.out_dtype)
+
+
+def qwen_encoder(model: Path, dtype: str = "float32", device: str = "auto") -> VisualEncoder:
+    """Qwen2-VL's visual tower + merger, placed and typed as `VisionEncoder` places LLaVA's."""
+    import torch
+    from transformers import AutoConfig
+
+    out_dtype = resolve_dtype(AutoConfig.from_pretrained(str(model), local_files_only=True), dtype)
+    dev = vision_device(device)
+    return VisualEncoder(model, _weights(model), device=dev, dtype=out_dtype if dev != "cpu" else torch.float32,
+                         out_dtype=out_dtype)

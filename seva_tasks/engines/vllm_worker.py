@@ -9,13 +9,15 @@ started by `seva_tasks.generate` with the engine env's interpreter and the envir
 
 On CPU (DESIGN §4): in-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`: 10-25 s / ~1.3 GiB instead
 of 40 s / ~3 GiB), offline hub, explicit `kv_cache_memory_bytes`. vLLM 0.32's LLaVA module imports
-transformers' Pixtral image processor, which needs torchvision; the CPU engine env has none (PyPI's
-builds break beside torch+cpu), so `engines/_shim/sitecustomize.py` provides the one helper vLLM
-takes from it (see there). It is put on PYTHONPATH only for this process and its children.
+transformers' Pixtral image processor, and its Qwen2-VL module the Qwen2-VL one; both need torchvision,
+whose PyPI build does not import beside torch+cpu. `engines/_shim/sitecustomize.py` makes it importable
+(or, in an env without torchvision, provides the one Pixtral helper LLaVA needs; see there). It is put
+on PYTHONPATH only for this process and its children.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -26,7 +28,9 @@ from pathlib import Path
 from seva_tasks.base import resolve
 from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec, answer_text
 from seva_tasks.engines.hf import image_tokens, request_seed
-from seva_tasks.engines.vision import ImagePrep, VisionEncoder
+from seva_tasks.engines.vision import ImagePrep, VisionEncoder, qwen_encoder
+from seva_tasks.family import family
+from seva_tasks.qwen2vl.images import ImageInputs
 
 SHIM_DIR = Path(__file__).resolve().parent / "_shim"
 ENCODER_BATCH = 32  # noised images through the vision tower per forward (bounded memory)
@@ -46,7 +50,7 @@ def worker_env(base: dict[str, str], cfg: EngineConfig) -> dict[str, str]:
 
 
 class VllmEngine:
-    """`vllm.LLM` over one model; clean images go in as PIL, exact-noise rows as embeddings."""
+    """`vllm.LLM` over one model (LLaVA or Qwen2-VL family); clean images go in as PIL, exact-noise rows as embeddings."""
 
     def __init__(self, cfg: WorkerSpec, *, embeds: bool = False):
         from transformers import AutoConfig
@@ -63,24 +67,42 @@ class VllmEngine:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
         if embeds:
             kwargs["enable_mm_embeds"] = True
+        self.family = family(path)
+        if self.family == "qwen2_vl":
+            if importlib.util.find_spec("torchvision") is None:  # else vLLM fails deep in its model inspection
+                raise RuntimeError(f"vLLM's Qwen2-VL needs torchvision, which the engine env {sys.prefix} lacks. "
+                                   "Run `make setup` (requirements/engine.lock pins torchvision==0.28.0).")
+            kwargs["limit_mm_per_prompt"] = {"image": 1, "video": 0}  # no video: vLLM then profiles none
         self.llm = LLM(**{**kwargs, **cfg.vllm_args})
         self.tokenizer = self.llm.get_tokenizer()
         config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
         self.image_token_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
-        self.image_tokens = image_tokens(config)
-        self.prep = ImagePrep(path, pad=cfg.pad_to_square)
-        self.encoder = VisionEncoder(path, cfg.dtype, cfg.vision_device) if embeds else None
+        if self.family == "qwen2_vl":
+            self.images = ImageInputs(path)
+            self.image_tokens = self.images.max_image_tokens
+            self.encoder = qwen_encoder(path, cfg.dtype, cfg.vision_device) if embeds else None
+        else:
+            self.image_tokens = image_tokens(config)
+            self.prep = ImagePrep(path, pad=cfg.pad_to_square)
+            self.encoder = VisionEncoder(path, cfg.dtype, cfg.vision_device) if embeds else None
         from vllm.exceptions import VLLMValidationError
 
         self.row_errors = (OSError, VLLMValidationError)  # a bad image / a rejected prompt, not a broken engine
 
-    def prompt_tokens(self, prompt: str) -> int:
+    def prompt_tokens(self, prompt: str, image: str | None = None) -> int:
         ids = self.tokenizer(prompt).input_ids
-        return len(ids) + ids.count(self.image_token_id) * (self.image_tokens - 1)
+        return len(ids) + ids.count(self.image_token_id) * (self._image_tokens(image) - 1)
+
+    def _image_tokens(self, image: str | None) -> int:
+        """LLaVA: a fixed count. Qwen2-VL: the image's own (dynamic resolution), at most max_image_tokens."""
+        return self.images.image_tokens(image) if self.family == "qwen2_vl" else self.image_tokens
 
     def _images(self, requests: list[Request]) -> list:
         """PIL squares for clean rows; (1, tokens, hidden) embeddings for exact-noise rows."""
         import torch
+
+        if self.family == "qwen2_vl":
+            return self._qwen_images(requests)
 
         images: list = [None] * len(requests)
         noisy = [i for i, r in enumerate(requests) if r.noise_step is not None]
@@ -92,6 +114,20 @@ class VllmEngine:
         for i, r in enumerate(requests):
             if r.noise_step is None:
                 images[i] = self.prep.square(r.image)
+        return images
+
+    def _qwen_images(self, requests: list[Request]) -> list:
+        """PIL images for clean rows; {"image_embeds": [tokens, hidden], "image_grid_thw": [1, 3]} for
+        exact-noise rows (the processor's pixel_values noised, through the visual tower + merger)."""
+        import torch
+
+        images: list = [self.images.image(r.image) if r.noise_step is None else None for r in requests]
+        noisy = [i for i, r in enumerate(requests) if r.noise_step is not None]
+        for lo in range(0, len(noisy), ENCODER_BATCH):
+            idx = noisy[lo : lo + ENCODER_BATCH]
+            pvs, grids = zip(*(self.images.noised(requests[i].image, requests[i].noise_step, requests[i].aug_seed) for i in idx))
+            for i, grid, emb in zip(idx, grids, self.encoder(torch.cat(pvs), torch.cat(grids))):
+                images[i] = {"image_embeds": emb, "image_grid_thw": grid}
         return images
 
     def generate(self, requests: list[Request]) -> list[Output]:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from seva_tasks.errors import InputError
+from seva_tasks.errors import ConfigError, InputError
 
 Family = Literal["llava", "qwen2_vl"]
 
@@ -37,3 +37,11 @@ def family(model: Path | str) -> Family:
         raise InputError(f"{path} names architectures {archs}; seva supports {sorted(ARCHITECTURES)}. "
                          f"Use a LLaVA-1.5 or Qwen2(.5)-VL checkpoint.")
     return found[0]
+
+
+def check_template(model: Path | str, template: str, field: str) -> None:
+    """ConfigError when `field` (e.g. "train.conv_template") asks a non-LLaVA model for LLaVA-1.5's
+    conversation strings: they mean nothing to it; its own chat template is its format."""
+    if template != "chat_template" and (fam := family(model)) != "llava":
+        raise ConfigError(f"{field}={template} renders LLaVA-1.5's conversation strings, but {model} is a "
+                          f"{fam} model. Set {field}=chat_template.")

@@ -95,6 +95,8 @@ def describe(batch: dict, processor, title: str) -> str:
     pixels = batch.get("pixel_values")
     lines.append(f"pixel_values: {tuple(pixels.shape)} {pixels.dtype} (chosen and rejected rows see the same image)"
                  if pixels is not None else "pixel_values: none")
+    if (grid := batch.get("image_grid_thw")) is not None:  # dynamic resolution (Qwen2-VL): patches per image
+        lines.append(f"image_grid_thw: {grid.tolist()}")
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ def test_engine_noise_is_augments_recipe_on_the_models_pixels(step, toy_model, t
     import torch
 
     from seva_tasks.llava.noise import add_diffusion_noise
-    from seva_tasks.engines.vision import ImagePrep
+    from seva_tasks.llava.vision import ImagePrep
 
     prep = ImagePrep(toy_model)
     clean = prep.pixel_values(toy_image)
@@ -64,14 +64,15 @@ def test_vision_encoder_equals_llava_image_features(toy_model, toy_image):
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from seva_tasks.engines.vision import ImagePrep, VisionEncoder
+    from seva_tasks.engines.vision import llava_encoder
+    from seva_tasks.llava.vision import ImagePrep
 
     pv = ImagePrep(toy_model).noised(toy_image, 500, 7)
     model = LlavaForConditionalGeneration.from_pretrained(str(toy_model), dtype=torch.float32).eval()
     with torch.no_grad():
         ref = model.model.get_image_features(pixel_values=pv, vision_feature_layer=-2,
                                              vision_feature_select_strategy="default").pooler_output[0]
-    got = VisionEncoder(toy_model)(pv)[0]
+    got = llava_encoder(toy_model)(pv)[0]
     assert got.shape == ref.shape == (16, 64)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
@@ -79,10 +80,11 @@ def test_vision_encoder_equals_llava_image_features(toy_model, toy_image):
 def test_vision_encoder_runs_a_float16_preset_in_float32_on_the_cpu(toy_model, toy_image):
     import torch
 
-    from seva_tasks.engines.vision import ImagePrep, VisionEncoder
+    from seva_tasks.engines.vision import llava_encoder
+    from seva_tasks.llava.vision import ImagePrep
 
     pv = torch.cat([ImagePrep(toy_model).noised(toy_image, 500, s) for s in (7, 8)])  # a batch of two
-    half, full = VisionEncoder(toy_model, "float16"), VisionEncoder(toy_model, "float32")
+    half, full = llava_encoder(toy_model, "float16"), llava_encoder(toy_model, "float32")
     assert (half.device, half.dtype) == ("cpu", torch.float32)  # no half-precision CPU kernels needed
     got = half(pv)
     assert got.dtype == torch.float16 and got.device.type == "cpu" and got.shape == (2, 16, 64)  # vLLM's dtype
@@ -105,7 +107,7 @@ def test_vision_device_uses_the_gpu_when_there_is_one(monkeypatch):
 def test_square_image_is_llava_pad_path(toy_model, toy_image):
     from PIL import Image
 
-    from seva_tasks.engines.vision import ImagePrep
+    from seva_tasks.llava.vision import ImagePrep
 
     prep = ImagePrep(toy_model)
     img = prep.square(toy_image)

@@ -12,6 +12,20 @@ sets, 1024 for LLaVA-Bench, MM-Vet, MMBench, SQA). Scoring is LLaVA's rules; MM-
 (and MMBench's fallback extractor) use the judge (benchmarks/judge.py): a `vllm serve` of
 `judge_model` on 127.0.0.1 (mode local), an endpoint you run (server), or none (off: those are skipped).
 
+Model families (DESIGN §8): a LLaVA-1.5 model is asked in LLaVA's eval template (`vicuna_v1`); any
+other family in its checkpoint's chat template (`conv_template: chat_template`, refused otherwise), as
+lmms-eval's Qwen2-VL model asks: the template's default system prompt, one user turn with the image
+first, then the question text. The question text is otherwise the same for every family: lmms-eval's default
+`post_prompt` of each task, which Qwen2-VL uses (its task YAMLs name no qwen2_vl variant; the
+`qwen_vl` ones are the first Qwen-VL's), equals LLaVA-1.5's suffix — POPE, MME, GQA, VQAv2, VizWiz,
+TextVQA: "\nAnswer the question using a single word or phrase."; MMBench, SEED, SQA: "\nAnswer with
+the option's letter from the given choices directly."; MM-Vet, LLaVA-Bench: the bare question. What
+stays LLaVA's: the max_new_tokens budgets (lmms-eval gives MME 16, POPE 128), the scoring rules, and
+VizWiz's unanswerable instruction in the question text. One difference is followed: lmms-eval asks
+TextVQA without LLaVA's "Reference OCR token:" line (its default `ocr: false`), so chat-template
+models are asked without it (`textvqa.chat_text`). Checked against lmms-eval's task YAMLs for POPE,
+MME, MMBench and TextVQA; the others use its `default` prompts, assumed equal to LLaVA's suffixes.
+
 Deliberate difference: ScienceQA's text-only questions are not asked (the worker feeds one image per
 prompt); SQA-IMG, the reported number, has only image questions.
 """
@@ -32,6 +46,7 @@ from seva_tasks.base import StageConfig, resolve
 from seva_tasks.benchmarks.judge import Judge, JudgeConfig, local_vllm
 from seva_tasks.engines import EngineConfig
 from seva_tasks.errors import InputError
+from seva_tasks.family import check_template
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import Template
 from seva_tasks.store import write_atomic
@@ -48,7 +63,7 @@ class EvaluateConfig(StageConfig):
 
     engine: EngineConfig = Field(default_factory=EngineConfig, description="How answers are generated (seva_tasks/engines).")
     max_new_tokens: int | None = Field(None, ge=1, description="Cap on each benchmark's LLaVA budget (128 or 1024); None: LLaVA's own (the toy caps it for speed).")
-    conv_template: Template = Field("vicuna_v1", description="Prompt: LLaVA-1.5's eval template 'vicuna_v1' (or 'llava_v1', 'chat_template').")
+    conv_template: Template = Field("vicuna_v1", description="Prompt: LLaVA-1.5's eval template 'vicuna_v1' (or 'llava_v1'), or the checkpoint's 'chat_template' (required for non-LLaVA families).")
     benchmarks: list[str] = Field(default_factory=lambda: list(B.BENCHMARKS), description="Benchmarks to run, by `seva score` name.")
     data_root: Path = Field(Path("playground/data/eval"), description="Folder holding each benchmark in LLaVA's layout (pope/, MME/, gqa/, ...).")
     dirs: dict[str, Path] = Field(default_factory=dict, description="Per-benchmark folder overriding data_root/<LLaVA's folder name>.")
@@ -103,8 +118,11 @@ def questions(cfg: EvaluateConfig) -> dict[str, list]:
 
 # ---------------------------------------------------------------------------- answers
 
-def _requests(name: str, qs: list, build, images: Path) -> list[dict]:
-    """One request per question with an image; MMBench's base64 images become files under `images`."""
+def _requests(name: str, qs: list, build, images: Path, chat: bool) -> list[dict]:
+    """One request per question with an image; MMBench's base64 images become files under `images`.
+    `chat`: the question text as lmms-eval asks chat-template models, where a benchmark says it differs
+    (its `chat_text`: TextVQA without the OCR tokens); the answer file keeps LLaVA's text for pairing."""
+    text = getattr(B.get(name), "chat_text", None) if chat else None
     rows = []
     for i, q in enumerate(qs):
         if q.image is None:
@@ -114,7 +132,7 @@ def _requests(name: str, qs: list, build, images: Path) -> list[dict]:
             image = images / name / f"{i}.jpg"
             image.parent.mkdir(parents=True, exist_ok=True)
             image.write_bytes(q.image)
-        rows.append({"req_id": f"{name}#{i}", "prompt": build(q.text), "image": str(image), "noise_step": None,
+        rows.append({"req_id": f"{name}#{i}", "prompt": build(text(q.text) if text else q.text), "image": str(image), "noise_step": None,
                      "aug_seed": None})
     return rows
 
@@ -124,13 +142,15 @@ def _generate(cfg: EvaluateConfig, model: Path, todo: dict[str, list], work: Pat
     from seva_tasks.engines import pool
     from seva_tasks.llava.prompts import prompt_builder
 
+    check_template(model, cfg.conv_template, "evaluate.conv_template")
     build = prompt_builder(cfg.conv_template, model)
     jobs: dict[str, list[dict]] = {}
     for budget in sorted({_budget(cfg, n) for n in todo}):
         names = [n for n in todo if _budget(cfg, n) == budget]
         group = []
         for name in names:
-            jobs[name] = pool.write_shards(_requests(name, todo[name], build, work / "images"), work / name, cfg.shard_size)
+            jobs[name] = pool.write_shards(_requests(name, todo[name], build, work / "images", cfg.conv_template == "chat_template"),
+                                          work / name, cfg.shard_size)
             group += jobs[name]
         log.info("Asking %s the questions of %s (max_new_tokens %d) in %d shards.", model, ", ".join(names), budget,
                  len(group))

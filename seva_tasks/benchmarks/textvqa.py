@@ -51,6 +51,12 @@ def prompt_question(prompt: str) -> str | None:
     return None if question is None else question.lower()
 
 
+def chat_text(text: str) -> str:
+    """The question text for a model asked in its chat template: without LLaVA-1.5's OCR-token line,
+    as lmms-eval's TextVQA task asks by default (`ocr: false`: question + post_prompt)."""
+    return "\n".join(line for line in text.split("\n") if not line.startswith("Reference OCR token:"))
+
+
 def load(data_dir: Path) -> list[Question]:
     out = []
     for lineno, q in read_jsonl(data_dir / QUESTIONS, "TextVQA questions"):

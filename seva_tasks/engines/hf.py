@@ -11,7 +11,8 @@ import hashlib
 
 from seva_tasks.base import resolve
 from seva_tasks.engines import Output, Request, WorkerSpec, answer_text
-from seva_tasks.engines.vision import ImagePrep, resolve_dtype
+from seva_tasks.engines.vision import resolve_dtype
+from seva_tasks.llava.vision import ImagePrep, image_tokens
 from seva_tasks.family import family
 from seva_tasks.qwen2vl.images import ImageInputs
 
@@ -119,10 +120,3 @@ class HFEngine:
             at += n
         enc["pixel_values"] = pv.to(self.dtype)
         return enc
-
-
-def image_tokens(config) -> int:
-    """Tokens one image occupies in a LLaVA prompt: (side / patch)^2, plus CLS with strategy 'full'."""
-    v = config.vision_config
-    n = (v.image_size // v.patch_size) ** 2
-    return n + (1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from seva_tasks.base import resolve
 from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec, answer_text
-from seva_tasks.engines.hf import image_tokens, request_seed
-from seva_tasks.engines.vision import ImagePrep, VisionEncoder, qwen_encoder
+from seva_tasks.engines.hf import request_seed
+from seva_tasks.engines.vision import llava_encoder, qwen_encoder
+from seva_tasks.llava.vision import ImagePrep, image_tokens
 from seva_tasks.family import family
 from seva_tasks.qwen2vl.images import ImageInputs
 
@@ -84,7 +85,7 @@ class VllmEngine:
         else:
             self.image_tokens = image_tokens(config)
             self.prep = ImagePrep(path, pad=cfg.pad_to_square)
-            self.encoder = VisionEncoder(path, cfg.dtype, cfg.vision_device) if embeds else None
+            self.encoder = llava_encoder(path, cfg.dtype, cfg.vision_device) if embeds else None
         from vllm.exceptions import VLLMValidationError
 
         self.row_errors = (OSError, VLLMValidationError)  # a bad image / a rejected prompt, not a broken engine

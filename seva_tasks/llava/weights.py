@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+PROJECTOR = "multi_modal_projector"  # vision features -> text hidden size: SeVa trains it in full (modules_to_save)
+
 
 def checkpoint_names(state: dict) -> dict:
     """The original llava-hf names, which both transformers and vLLM 0.32 load.
@@ -51,3 +53,8 @@ def vllm_weight_names(model_dir: Path) -> int:
         data["weight_map"] = {pattern.sub(r"\1vision_model.", k): v for k, v in data["weight_map"].items()}
         index.write_text(json.dumps(data, indent=2))
     return renamed
+
+
+def for_serving(model_dir: Path) -> int:
+    """The merged model's names as vLLM 0.32 and transformers both load them (`vllm_weight_names`)."""
+    return vllm_weight_names(model_dir)

@@ -34,8 +34,8 @@ from pydantic import Field
 from seva_tasks.artifacts import AUGMENTED, GENERATIONS, image_root
 from seva_tasks.base import StageConfig, resolve
 from seva_tasks.engines import EngineConfig
-from seva_tasks.errors import ConfigError, InputError
-from seva_tasks.family import family
+from seva_tasks.errors import InputError
+from seva_tasks.family import check_template
 from seva_tasks.llava.prompts import Template
 
 OUTPUT = GENERATIONS
@@ -143,9 +143,7 @@ def run(cfg: GenerateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         raise InputError(f"{aug_dir / AUGMENTED}: cannot read the augment output ({e}). "
                          "Rerun `seva run --until augment --refresh augment`.") from e
     model = Path(inputs["model"])
-    if family(model) != "llava" and cfg.conv_template != "chat_template":  # LLaVA's strings mean nothing to it
-        raise ConfigError(f"generate.conv_template={cfg.conv_template} renders LLaVA-1.5's conversation strings, but "
-                          f"{model} is a {family(model)} model. Set generate.conv_template=chat_template.")
+    check_template(model, cfg.conv_template, "generate.conv_template")
     root = _image_root(cfg, aug_dir)
     build = prompt_builder(cfg.conv_template, model)
     df = df.with_columns(prompt=pl.Series([build(q) for q in df["question"]], dtype=pl.String))

@@ -13,6 +13,10 @@ repeated ×`repeat`, warmup as SeVa effectively ran it (warmup_steps 0.03 -> cei
 paper presets). Each side of a pair is LLaVA's `preprocess_v1` string (`conv_template: vicuna_v1`:
 system prompt, `USER: <image>\n{q} ASSISTANT: {a}</s>`), tokenized at once, loss on the answer and
 `</s>` (`PreferenceCollator`), never the checkpoint's chat template, which for llava-hf lacks both.
+Other families (Qwen2-VL) train on their own chat template (`conv_template: chat_template`), loss on
+the answer and the end-of-turn `<|im_end|>\n`; the processor adds their image tensors
+(`pixel_values`, `image_grid_thw`). Which module is "the projector" and how merged weights are named
+is the family's (`WEIGHTS`: seva_tasks/<family>/weights.py).
 
 The reference is the policy with its adapter disabled (TRL's default with PEFT), not SeVa's second
 full copy: the same function at step 0, and bench/dpo_memory.py measures the memory it saves. That
@@ -23,8 +27,8 @@ projector (its frozen copy gets image features from the policy), so `reference_p
 Outputs in out_dir:
     adapter/            PEFT adapter (safetensors: LoRA weights + the trained projector) + processor
     merged/             base + adapter merged, in `merged_dtype`, with processor, tokenizer and chat
-                        template; vision weights named `vision_tower.vision_model.*` (vLLM 0.32 needs
-                        that level, transformers >= 5.19 drops it on save but loads both)
+                        template; weights named so that vLLM 0.32 and transformers both load them
+                        (the family's `for_serving`)
     metrics.jsonl       one line per logging step: loss, rewards/{chosen,rejected,accuracies,margins}, ...
     trainer_state.json  transformers' TrainerState at the end
 Checkpoints go to out_dir/checkpoints/. The store keeps a resumable stage's `.partial/` dir across
@@ -50,12 +54,16 @@ from seva_tasks.artifacts import PAIRS
 from seva_tasks import launch, progress
 from seva_tasks.base import StageConfig
 from seva_tasks.errors import ConfigError, InputError
+from seva_tasks.family import check_template, family
+from seva_tasks.llava import weights as llava_weights
+from seva_tasks.qwen2vl import weights as qwen2vl_weights
 from seva_tasks.preference import PreferenceCollator, describe, encode_pairs, load_pairs, texts
 
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("images", "prompt", "chosen", "rejected")  # TRL's conversational vision preference format
+WEIGHTS = {"llava": llava_weights, "qwen2_vl": qwen2vl_weights}  # family -> its PROJECTOR and for_serving()
 LLM_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
           "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL 1.16's DPOConfig.loss_type values
@@ -94,7 +102,7 @@ class TrainConfig(StageConfig):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch (TRL disables model dropout anyway).")
     lora_target_modules: list[str] = Field(default_factory=lambda: list(LLM_LINEARS), min_length=1, description="Linear layer names (last name component) that get LoRA.")
     lora_scope: str = Field("language_model", description="Only modules under a submodule of this name get LoRA ('' = anywhere; keeps LoRA off the vision tower's q/k/v).")
-    modules_to_save: list[str] = Field(default_factory=lambda: ["multi_modal_projector"], description="Non-LoRA modules trained in full and saved with the adapter (SeVa: the projector); everything else is frozen.")
+    modules_to_save: list[str] | None = Field(None, description="Non-LoRA modules trained in full and saved with the adapter; everything else is frozen. null: the model family's projector, as SeVa trains LLaVA's (its package's weights.PROJECTOR: Qwen2-VL's merger); [] none.")
     reference_projector: Literal["original", "current"] = Field("original", description="What the DPO reference (the policy with its adapter disabled) uses for the modules_to_save: the base model's 'original' weights (TRL/PEFT's default) or the policy's 'current', trained ones, as SeVa's reference does.")
     seed: int = Field(42, description="Seeds LoRA init, data order and dropout (SeVa: 42).")
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many optimizer steps.")
@@ -116,6 +124,10 @@ class TrainConfig(StageConfig):
             raise ValueError(" ".join(errors))
         return self
 
+    def trained_modules(self, model: Path) -> list[str]:
+        """modules_to_save, or the family's projector when unset."""
+        return list(self.modules_to_save) if self.modules_to_save is not None else [WEIGHTS[family(model)].PROJECTOR]
+
     def losses(self) -> tuple[list[str], list[float]]:
         """(TRL loss_type, loss_weights): the configured losses, plus 'sft' at weight rpo_alpha for RPO."""
         types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
@@ -129,7 +141,7 @@ class TrainConfig(StageConfig):
 # Inputs
 
 
-def _check_inputs(model: Path, pairs: Path) -> int:
+def _check_inputs(cfg: TrainConfig, model: Path, pairs: Path) -> int:
     """Cheap checks before torch is imported; returns the number of pairs."""
     import pyarrow.parquet as pq
 
@@ -137,6 +149,8 @@ def _check_inputs(model: Path, pairs: Path) -> int:
     if not (model / "config.json").is_file():
         errors.append(f"Base model not found: {model} has no config.json. Point `model:` at a local "
                       "transformers checkpoint directory, e.g. model=/models/llava-1.5-7b-hf.")
+    else:
+        check_template(model, cfg.conv_template, "train.conv_template")
     if not pairs.is_file():
         errors.append(f"Pairs file missing: {pairs}. Rerun the filter stage: seva run --until filter --refresh filter.")
     else:
@@ -154,16 +168,12 @@ def _check_inputs(model: Path, pairs: Path) -> int:
 
 
 def _prompt_lengths(ds, cfg: TrainConfig, processor) -> tuple[list[int], list[int], int]:
-    """Token counts as the collator builds them: (prompt incl. image tokens, longest answer, tokens per image).
-
-    Assumes every image expands to the same number of tokens (true for LLaVA-1.5's fixed-size input).
-    """
+    """Token counts as the collator builds them: (prompt incl. image tokens, longest answer, most tokens of an image)."""
     import datasets
 
-    first = ds[0]["images"][0]
-    per_image = processor(images=[first], text=processor.image_token)["input_ids"][0].count(processor.image_token_id)
     raw = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
     rows = list(raw.select_columns(list(REQUIRED)))
+    image_tokens = _image_tokens(processor, ds, rows)
     pieces = {side: [texts(row, side, cfg.conv_template, processor) for row in rows] for side in ("chosen", "rejected")}
     for i, (row, (prompt, _)) in enumerate(zip(rows, pieces["chosen"])):
         if prompt.count(processor.image_token) != len(row["images"]):
@@ -171,9 +181,31 @@ def _prompt_lengths(ds, cfg: TrainConfig, processor) -> tuple[list[int], list[in
                              f"the prompt's, in pair {i}: {prompt[-200:]!r}. The prompt must be the bare question (the "
                              "image goes in `images`); fix the sample/filter stage output and rerun.")
     loss = {side: [mask for _, mask in encode_pairs(pieces[side], cfg.conv_template, processor.tokenizer)] for side in pieces}
-    p_len = [mask.count(False) + len(row["images"]) * (per_image - 1) for mask, row in zip(loss["chosen"], rows)]
+    p_len = [mask.count(False) + sum(n - 1 for n in tokens) for mask, tokens in zip(loss["chosen"], image_tokens)]
     a_len = [max(c.count(True), r.count(True)) for c, r in zip(loss["chosen"], loss["rejected"])]
-    return p_len, a_len, per_image
+    return p_len, a_len, max(max(t, default=0) for t in image_tokens)
+
+
+def _image_tokens(processor, ds, rows: list[dict]) -> list[list[int]]:
+    """Tokens each row's images expand to. A dynamic-resolution processor (Qwen2-VL) counts them from the
+    image's size (its merged patches, read from the file's header); otherwise every image gets the count
+    the processor gives the first one (LLaVA-1.5's fixed-size input)."""
+    import io
+
+    from PIL import Image
+
+    images = processor.image_processor
+    if not hasattr(images, "get_number_of_image_patches"):
+        first = ds[0]["images"][0]
+        n = processor(images=[first], text=processor.image_token)["input_ids"][0].count(processor.image_token_id)
+        return [[n] * len(row["images"]) for row in rows]
+
+    def count(cell: dict) -> int:
+        with Image.open(io.BytesIO(cell["bytes"]) if cell["bytes"] is not None else cell["path"]) as im:
+            w, h = im.size
+        return images.get_number_of_image_patches(h, w, {}) // images.merge_size**2
+
+    return [[count(cell) for cell in row["images"]] for row in rows]
 
 
 def _check_lengths(cfg: TrainConfig, ds, processor) -> dict:
@@ -232,17 +264,19 @@ def _lora_config(cfg: TrainConfig, model, path: Path):
 
     regex = re.compile(_target_regex(cfg))
     names = [n for n, _ in model.named_modules()]
+    trained = cfg.trained_modules(path)
     errors = []
     if not any(regex.fullmatch(n) for n in names):
         errors.append(f"train.lora_target_modules={cfg.lora_target_modules} under train.lora_scope={cfg.lora_scope!r} "
                       f"match no module of {path}; e.g. lora_scope=language_model, lora_target_modules=[q_proj, v_proj].")
-    for m in cfg.modules_to_save:
+    for m in trained:
         if not any(n == m or n.endswith("." + m) for n in names):
-            errors.append(f"train.modules_to_save: no module named {m!r} in {path}; e.g. multi_modal_projector.")
+            errors.append(f"train.modules_to_save: no module named {m!r} in {path}; e.g. "
+                          f"{WEIGHTS[family(path)].PROJECTOR} (its projector), or null for that.")
     if errors:
         raise ConfigError("\n".join(errors))
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=regex.pattern,
-                      modules_to_save=list(cfg.modules_to_save) or None, task_type="CAUSAL_LM")
+                      modules_to_save=trained or None, task_type="CAUSAL_LM")
 
 
 def _dpo_config(cfg: TrainConfig, out_dir: Path):
@@ -333,9 +367,7 @@ def merge(cfg: TrainConfig, base: Path, out_dir: Path) -> None:
     model = PeftModel.from_pretrained(load_model(cfg, base, "float32"), out_dir / "adapter").merge_and_unload()
     model.to(getattr(torch, cfg.merged_dtype)).save_pretrained(tmp)
     _load_processor(cfg, base).save_pretrained(tmp)
-    from seva_tasks.llava.weights import vllm_weight_names
-
-    vllm_weight_names(tmp)
+    WEIGHTS[family(base)].for_serving(tmp)
     shutil.rmtree(out_dir / "merged", ignore_errors=True)
     os.replace(tmp, out_dir / "merged")
 
@@ -370,7 +402,7 @@ def run(cfg: TrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     """
     started = time.time()
     pairs, base = Path(inputs["filter"]) / PAIRS, Path(inputs["model"])
-    n_pairs = _check_inputs(base, pairs)
+    n_pairs = _check_inputs(cfg, base, pairs)
     if not (out_dir / "adapter" / "adapter_model.safetensors").is_file():
         log.info("Training %s on %d pairs ×%d from %s.", base, n_pairs, cfg.repeat, pairs)
         if (config := launch.config_file(cfg.accelerate_config, cfg.num_processes)) is not None:

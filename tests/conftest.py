@@ -17,7 +17,7 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 
 
 # The longest files, started first so that `make test`'s two workers finish together (file order otherwise).
-LONGEST_FIRST = ("test_e2e.py", "test_ray.py", "test_ui.py", "test_rounds.py")
+LONGEST_FIRST = ("test_e2e.py", "test_ray.py", "test_ui.py", "test_rounds.py", "test_qwen2vl_pipeline.py")
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from seva_tasks.errors import InputError
 from seva_tasks.llava.prompts import Template, conversation, encode_batch
+
+COLUMNS = ("images", "prompt", "chosen", "rejected")  # TRL's conversational vision preference format
 
 
 def texts(row: dict, side: str, template: Template, processor) -> tuple[str, str]:
@@ -129,3 +132,44 @@ def load_pairs(pairs: Path, control: str = "none", seed: int = 0):
         table = table.set_column(table.schema.get_field_index("images"), "images",
                                  pa.array(grey, type=table.schema.field("images").type))
     return datasets.Dataset(table).cast_column("images", datasets.Sequence(datasets.Image()))
+
+
+def token_lengths(ds, template: Template, processor) -> tuple[list[int], list[int], int]:
+    """Token counts as the collator builds them: (prompt incl. image tokens, longest answer, most tokens of an image)."""
+    import datasets
+
+    raw = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+    rows = list(raw.select_columns(list(COLUMNS)))
+    image_tokens = _image_tokens(processor, ds, rows)
+    pieces = {side: [texts(row, side, template, processor) for row in rows] for side in ("chosen", "rejected")}
+    for i, (row, (prompt, _)) in enumerate(zip(rows, pieces["chosen"])):
+        if prompt.count(processor.image_token) != len(row["images"]):
+            raise InputError(f"A literal {processor.image_token!r} in the text, or a number of images other than "
+                             f"the prompt's, in pair {i}: {prompt[-200:]!r}. The prompt must be the bare question (the "
+                             "image goes in `images`); fix the sample/filter stage output and rerun.")
+    loss = {side: [mask for _, mask in encode_pairs(pieces[side], template, processor.tokenizer)] for side in pieces}
+    p_len = [mask.count(False) + sum(n - 1 for n in tokens) for mask, tokens in zip(loss["chosen"], image_tokens)]
+    a_len = [max(c.count(True), r.count(True)) for c, r in zip(loss["chosen"], loss["rejected"])]
+    return p_len, a_len, max(max(t, default=0) for t in image_tokens)
+
+
+def _image_tokens(processor, ds, rows: list[dict]) -> list[list[int]]:
+    """Tokens each row's images expand to. A dynamic-resolution processor (Qwen2-VL) counts them from the
+    image's size (its merged patches, read from the file's header); otherwise every image gets the count
+    the processor gives the first one (LLaVA-1.5's fixed-size input)."""
+    import io
+
+    from PIL import Image
+
+    images = processor.image_processor
+    if not hasattr(images, "get_number_of_image_patches"):
+        first = ds[0]["images"][0]
+        n = processor(images=[first], text=processor.image_token)["input_ids"][0].count(processor.image_token_id)
+        return [[n] * len(row["images"]) for row in rows]
+
+    def count(cell: dict) -> int:
+        with Image.open(io.BytesIO(cell["bytes"]) if cell["bytes"] is not None else cell["path"]) as im:
+            w, h = im.size
+        return images.get_number_of_image_patches(h, w, {}) // images.merge_size**2
+
+    return [[count(cell) for cell in row["images"]] for row in rows]

@@ -150,14 +150,14 @@ def test_chat_template_models_are_asked_as_lmms_eval_asks_qwen2_vl(qwen_model, t
 @pytest.mark.slow
 def test_length_check_counts_each_qwen_image_as_the_collator_does(run, qwen_model):
     """The max_length check's prompt lengths (each image's own token count) equal the collator's batches."""
-    from seva_tasks.preference import PreferenceCollator, load_pairs
+    from seva_tasks.preference import PreferenceCollator, load_pairs, token_lengths
     from seva_tasks.stages.filter import OUTPUT
-    from seva_tasks.stages.train import _load_processor, _prompt_lengths
+    from seva_tasks.stages.train import _load_processor
 
     cfg, refs, _ = run
     processor = _load_processor(cfg.train, qwen_model)
     ds = load_pairs(Path(refs["filter"]["path"]) / OUTPUT)
-    p_len, _, _ = _prompt_lengths(ds, cfg.train, processor)
+    p_len, _, _ = token_lengths(ds, cfg.train.conv_template, processor)
     collate = PreferenceCollator(processor, cfg.train.conv_template)
     actual = [int(b["completion_mask"][0].argmax()) for b in (collate([row]) for row in ds)]
     assert p_len == actual and len(set(actual)) > 1  # images of different sizes: different counts

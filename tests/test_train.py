@@ -363,8 +363,8 @@ def test_image_token_in_the_question_moves_to_the_front_or_is_an_input_error(tmp
     rows[1]["prompt"][0]["content"] = rows[1]["prompt"][0]["content"] + "\n<image>"
     filt = _write_pairs(tmp_path / "filter", rows)
     proc = AutoProcessor.from_pretrained(model_dir)
-    lengths = [train._prompt_lengths(preference.load_pairs(_write_pairs(tmp_path / name, r) / "pairs.parquet"),
-                                     TrainConfig(**FAST), proc)[0] for name, r in (("clean", clean), ("tagged", rows))]
+    lengths = [preference.token_lengths(preference.load_pairs(_write_pairs(tmp_path / name, r) / "pairs.parquet"),
+                                         TrainConfig(**FAST).conv_template, proc)[0] for name, r in (("clean", clean), ("tagged", rows))]
     assert lengths[0] == lengths[1]  # LLaVA templates: preprocess_multimodal's rule, the image leads the question, once
     # the checkpoint's template renders the text as it is: two image slots for one image
     with pytest.raises(InputError, match="literal '<image>'.*pair 1"):

@@ -57,12 +57,12 @@ from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.family import check_template, family
 from seva_tasks.llava import weights as llava_weights
 from seva_tasks.qwen2vl import weights as qwen2vl_weights
-from seva_tasks.preference import PreferenceCollator, describe, encode_pairs, load_pairs, texts
+from seva_tasks.preference import COLUMNS, PreferenceCollator, describe, load_pairs, token_lengths
 
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("images", "prompt", "chosen", "rejected")  # TRL's conversational vision preference format
+REQUIRED = COLUMNS  # TRL's conversational vision preference format
 WEIGHTS = {"llava": llava_weights, "qwen2_vl": qwen2vl_weights}  # family -> its PROJECTOR and for_serving()
 LLM_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -167,50 +167,9 @@ def _check_inputs(cfg: TrainConfig, model: Path, pairs: Path) -> int:
     return meta.metadata.num_rows
 
 
-def _prompt_lengths(ds, cfg: TrainConfig, processor) -> tuple[list[int], list[int], int]:
-    """Token counts as the collator builds them: (prompt incl. image tokens, longest answer, most tokens of an image)."""
-    import datasets
-
-    raw = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
-    rows = list(raw.select_columns(list(REQUIRED)))
-    image_tokens = _image_tokens(processor, ds, rows)
-    pieces = {side: [texts(row, side, cfg.conv_template, processor) for row in rows] for side in ("chosen", "rejected")}
-    for i, (row, (prompt, _)) in enumerate(zip(rows, pieces["chosen"])):
-        if prompt.count(processor.image_token) != len(row["images"]):
-            raise InputError(f"A literal {processor.image_token!r} in the text, or a number of images other than "
-                             f"the prompt's, in pair {i}: {prompt[-200:]!r}. The prompt must be the bare question (the "
-                             "image goes in `images`); fix the sample/filter stage output and rerun.")
-    loss = {side: [mask for _, mask in encode_pairs(pieces[side], cfg.conv_template, processor.tokenizer)] for side in pieces}
-    p_len = [mask.count(False) + sum(n - 1 for n in tokens) for mask, tokens in zip(loss["chosen"], image_tokens)]
-    a_len = [max(c.count(True), r.count(True)) for c, r in zip(loss["chosen"], loss["rejected"])]
-    return p_len, a_len, max(max(t, default=0) for t in image_tokens)
-
-
-def _image_tokens(processor, ds, rows: list[dict]) -> list[list[int]]:
-    """Tokens each row's images expand to. A dynamic-resolution processor (Qwen2-VL) counts them from the
-    image's size (its merged patches, read from the file's header); otherwise every image gets the count
-    the processor gives the first one (LLaVA-1.5's fixed-size input)."""
-    import io
-
-    from PIL import Image
-
-    images = processor.image_processor
-    if not hasattr(images, "get_number_of_image_patches"):
-        first = ds[0]["images"][0]
-        n = processor(images=[first], text=processor.image_token)["input_ids"][0].count(processor.image_token_id)
-        return [[n] * len(row["images"]) for row in rows]
-
-    def count(cell: dict) -> int:
-        with Image.open(io.BytesIO(cell["bytes"]) if cell["bytes"] is not None else cell["path"]) as im:
-            w, h = im.size
-        return images.get_number_of_image_patches(h, w, {}) // images.merge_size**2
-
-    return [[count(cell) for cell in row["images"]] for row in rows]
-
-
 def _check_lengths(cfg: TrainConfig, ds, processor) -> dict:
     """Refuse a max_length that would cut image tokens (TRL: verify before using max_length with a VLM)."""
-    p_len, a_len, per_image = _prompt_lengths(ds, cfg, processor)
+    p_len, a_len, per_image = token_lengths(ds, cfg.conv_template, processor)
     longest = max(range(len(p_len)), key=p_len.__getitem__)
     stats = {"image_tokens": per_image, "max_prompt_tokens": p_len[longest], "max_total_tokens": max(map(sum, zip(p_len, a_len)))}
     if cfg.max_length is None:

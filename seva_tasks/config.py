@@ -77,15 +77,23 @@ class PipelineConfig(BaseModel):
         try:
             return PipelineConfig.model_validate(tree)
         except ValidationError as e:
-            raise ConfigError("\n  ".join(
-                f"round.{r}.{'.'.join(map(str, err['loc']))}: " + ("unknown key" if err["type"] == "extra_forbidden"
-                                                                   else f"{err['msg']} (got {err['input']!r})")
-                for err in e.errors())) from None
+            raise ConfigError("\n  ".join(_messages(e, f"round.{r}."))) from None
 
 
 # The stages that run again in every round (evaluate too, with the `evaluate:` settings of round 1, so rounds compare).
 ROUND_SECTIONS = ("sample", "augment", "generate", "filter", "train")
 RESAMPLE_STRIDE = 1000  # round r draws with sample.seed + 1000·(r-1): apart from every experiment's seeds
+
+
+def _messages(e: ValidationError, prefix: str = "") -> list[str]:
+    """One line per validation error, naming its dotted key (with `prefix`)."""
+    out = []
+    for err in e.errors():
+        loc = prefix + ".".join(str(x) for x in err["loc"])
+        got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        out.append(f"{loc}: {msg}{got}")
+    return out
 
 
 def _merged(base: dict, over: dict) -> dict:
@@ -164,11 +172,7 @@ def load_config(preset: str | Path = "toy", overrides: list[str] | dict[str, Any
     try:
         cfg = PipelineConfig.model_validate(tree)
     except ValidationError as e:
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            errors.append(f"{loc}: {msg}{got}")
+        errors += _messages(e)
         cfg = None
     for r in sorted(cfg.round) if cfg is not None else ():
         if not 2 <= r:

@@ -72,7 +72,8 @@ def _labels(data_dir: Path, questions: list[Question]) -> dict[int, str]:
     return labels
 
 
-def _split_metrics(preds: list[str | None], labels: list[str]) -> dict[str, float]:
+def split_metrics(preds: list[str | None], labels: list[str]) -> dict[str, float]:
+    """POPE's official counts, "yes" the positive class: accuracy, precision, recall, F1, yes-ratio (percent)."""
     tp = sum(p == "yes" and g == "yes" for p, g in zip(preds, labels))
     fp = sum(p == "yes" and g == "no" for p, g in zip(preds, labels))
     tn = sum(p == "no" and g == "no" for p, g in zip(preds, labels))
@@ -96,7 +97,7 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
             continue
         preds = [None if paired.get(q) is None else yes_no(paired.get(q).text) for q in qs]
         golds = [labels[id(q)] for q in qs]
-        for k, v in _split_metrics(preds, golds).items():
+        for k, v in split_metrics(preds, golds).items():
             metrics[f"{split}/{k}"] = v
         rows += [row(q, paired.get(q), p, p == g, float(p == g)) for q, p, g in zip(qs, preds, golds)]
     present = [s for s in SPLITS if f"{s}/f1" in metrics]

@@ -14,6 +14,11 @@ weight (vision tower, projector, language model: nothing here is pretrained) wit
   the same question templates as the mix (`toy.mix.QAS`), rendered in memory and JPEG-encoded as the
   mix's images are. The 184-row default mix alone is far too little to learn colours and shapes.
 
+With `lm_steps > 0` the language model is first trained on text alone (`toy.lm`, the toy Vicuna: short
+conversations with a scene's caption in place of its image, at `lm_learning_rate`), as LLaVA-1.5 starts
+from Vicuna; the manifest's `lm` records its held-out accuracy. Without it, the 2-layer LM never learns
+existence from images (experiments/miniature/README.md); with it, instruction tuning wants a lower rate (3e-4).
+
 Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the front of the first human
 turn, vicuna_v1 turns "USER: q ASSISTANT: a</s>", loss on each answer and its `</s>` only. Images are
 padded to a square with the mean colour and resized, as the engines and SeVa feed them.
@@ -21,6 +26,9 @@ padded to a square with the mean colour and resized, as the engines and SeVa fee
 After training it asks `heldout` questions (the mix's templates on scenes from a third seed stream,
 `"{seed}:pretrain-heldout"`) with greedy decoding and records accuracy per question kind in the
 manifest, next to the bar a blind model can reach: always giving the kind's commonest true answer.
+Then the gates (`toy.gates`): the same questions on images noised at `noise_step` as SeVa's rejected
+side is (the drop), and `gate_pope` POPE-form questions, clean and noised (F1 and yes-ratio), each
+gate written as {value, threshold, passed}; `experiment` refuses a base model that fails one.
 
 Output: `out_dir/model/`, a full model directory (the base's config, processor, tokenizer and chat
 template, copied; float32 `model.safetensors` with llava-hf names, which transformers and vLLM 0.32
@@ -45,8 +53,8 @@ from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
-from seva_tasks.toy import mix
-from seva_tasks.toy.heldout import accuracy, heldout, load, majority
+from seva_tasks.toy import gates, lm, mix
+from seva_tasks.toy.heldout import accuracy, ask, heldout, load, majority
 from seva_tasks.toy.scenes import random_scene, render
 
 SOURCES = (*mix.PREFIXES, "text")  # "text": rows without an image (ShareGPT-like)
@@ -77,6 +85,11 @@ class PretrainConfig(StageConfig):
     threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
     heldout: int = Field(240, ge=0, description="Held-out questions asked after training (split evenly over the question types); 0: skip.")
     logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
+    gate_pope: int = Field(300, ge=0, description="Held-out POPE-form questions (half about a present shape) for the gates; 0 (or heldout 0): no gates.")
+    noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
+    lm_steps: int = Field(0, ge=0, description="Text-only steps of the language model before instruction tuning (toy.lm, the toy Vicuna); 0: none.")
+    lm_batch_size: int = Field(32, ge=1, description="Text conversations per language-model step.")
+    lm_learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate of the language-model phase (at 2e-3 this LM never leaves the label prior).")
 
     @field_validator("sources")
     @classmethod
@@ -231,24 +244,53 @@ def _loss(outputs, labels, num_items_in_batch=None):
 # Training and saving
 
 
-def _train(cfg: PretrainConfig, model, examples: list[dict], processor, out_dir: Path) -> list[dict]:
-    """transformers.Trainer on every weight; returns the log history."""
+def _train(cfg: PretrainConfig, model, examples: list[dict], processor, out_dir: Path, phase: str = "instruct") -> list[dict]:
+    """transformers.Trainer on every weight that gets a gradient (`phase` "lm": text only, so the
+    language model alone); returns the log history, each entry tagged with its phase."""
     from transformers import Trainer, TrainingArguments
 
     ip = processor.image_processor
+    steps, batch, lr = (cfg.lm_steps, cfg.lm_batch_size, cfg.lm_learning_rate) if phase == "lm" else \
+        (cfg.steps, cfg.batch_size, cfg.learning_rate)
     args = TrainingArguments(
-        output_dir=str(out_dir / ".trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
+        output_dir=str(out_dir / ".trainer"), max_steps=steps, per_device_train_batch_size=batch,
+        learning_rate=lr, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
         save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=_collator(processor.tokenizer.pad_token_id, ip.image_mean, ip.image_std),
-                      compute_loss_func=_loss, callbacks=[progress.trainer_callback("pretrain")])
+                      compute_loss_func=_loss, callbacks=[progress.trainer_callback(f"pretrain ({phase})")])
     trainer.train()
     shutil.rmtree(out_dir / ".trainer", ignore_errors=True)
-    return trainer.state.log_history
+    return [{"phase": phase, **r} for r in trainer.state.log_history]
+
+
+def _pretrain_lm(cfg: PretrainConfig, model, processor, out_dir: Path) -> tuple[list[dict], dict]:
+    """The toy Vicuna phase: text-only training, then its held-out accuracy per question kind."""
+    tok = processor.tokenizer
+    examples = lm.examples(tok, cfg.seed, cfg.lm_steps * cfg.lm_batch_size)
+    log.info("Language-model phase: %d steps on %d text conversations.", cfg.lm_steps, len(examples))
+    history = _train(cfg, model.train(), examples, processor, out_dir, phase="lm")
+    items = lm.heldout(cfg.seed, cfg.heldout)
+    accuracy = lm.accuracy(model.eval(), tok, items) if items else {}
+    losses = [r["loss"] for r in history if "loss" in r]
+    return history, {"steps": cfg.lm_steps, "conversations": len(examples), "final_loss": losses[-1] if losses else None,
+                     "heldout": {"accuracy": accuracy, "majority": majority(items) if items else {}, "questions": len(items)}}
+
+
+def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict) -> dict:
+    """The gates' measurements: `items` again on noised images, and POPE-form questions clean and noised."""
+    noised = accuracy(model, processor, items, ask(model, processor, items, noise_step=cfg.noise_step, seed=cfg.seed))
+    pope_items = heldout(cfg.seed, cfg.gate_pope, kinds=("pope",), stream="pretrain-gates")
+    labels = [it["answer"] for it in pope_items]
+    pope = {"clean": gates.pope(ask(model, processor, pope_items), labels),
+            "noised": gates.pope(ask(model, processor, pope_items, noise_step=cfg.noise_step, seed=cfg.seed), labels),
+            "questions": len(pope_items), "noise_step": cfg.noise_step}
+    values = {"heldout_all": held["all"], "heldout_shape": held.get("shape", 0.0), "pope_yes_ratio": pope["clean"]["yes_ratio"],
+              "pope_f1": pope["clean"]["f1"], "noise_drop": held["all"] - noised["all"]}
+    return {"gates": gates.judge(values), "pope": pope, "noised": noised}
 
 
 def _save(model, base: Path, dst: Path) -> None:
@@ -290,19 +332,25 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         processor = AutoProcessor.from_pretrained(base, local_files_only=True)
         set_seed(cfg.seed)
         model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+        history, lm_stats = _pretrain_lm(cfg, model, processor, out_dir) if cfg.lm_steps else ([], None)
         examples, counts = _examples(cfg, processor, model.config)
         log.info("Pretraining %s for %d steps on %d conversations (%s).", base, cfg.steps, len(examples), counts)
-        history = _train(cfg, model.train(), examples, processor, out_dir)
+        history += _train(cfg, model.train(), examples, processor, out_dir)
         _save(model.eval(), base, out_dir / "model")
         trained = time.time() - started
         items = heldout(cfg.seed, cfg.heldout)
-        held = accuracy(*load(out_dir / "model"), items) if items else {}
+        model, processor = load(out_dir / "model") if items else (None, None)
+        held = accuracy(model, processor, items) if items else {}
+        gated = _gates(cfg, model, processor, items, held) if items and cfg.gate_pope else {}
     finally:
         torch.set_num_threads(threads)
-    steps = [{k: r[k] for k in ("step", "loss", "learning_rate", "grad_norm") if k in r} for r in history if "loss" in r]
+    steps = [{k: r[k] for k in ("phase", "step", "loss", "learning_rate", "grad_norm") if k in r} for r in history if "loss" in r]
+    final = [s["loss"] for s in steps if s["phase"] == "instruct"]
     with open(out_dir / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in steps)
     log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
-    return {"counts": counts, "steps": cfg.steps, "final_loss": steps[-1]["loss"] if steps else None,
-            "heldout": {"accuracy": held, "majority": majority(items) if items else {}, "questions": len(items)},
+    return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None, "lm": lm_stats,
+            "heldout": {"accuracy": held, "majority": majority(items) if items else {}, "questions": len(items),
+                        "noised": gated.get("noised")},
+            "pope": gated.get("pope"), "gates": gated.get("gates"),
             "seconds": {"train": round(trained, 1), "total": round(time.time() - started, 1)}}

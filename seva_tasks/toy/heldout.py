@@ -18,15 +18,15 @@ from seva_tasks.toy.scenes import COLORS, SHAPES, random_scene, render
 HELDOUT_KINDS = ("color", "shape", "count", "side", "exists", "pope", "choice", "genre")
 
 
-def heldout(seed: int, n: int) -> list[dict]:
+def heldout(seed: int, n: int, kinds: tuple[str, ...] = HELDOUT_KINDS, stream: str = "pretrain-heldout") -> list[dict]:
     """`n` questions with one true short answer each, on scenes from their own seed stream.
 
-    Item: {kind, question (with the short-answer suffix), answer, scene}; kinds take turns.
+    Item: {kind, question (with the short-answer suffix), answer, scene}; `kinds` take turns.
     """
-    rng = random.Random(f"{seed}:pretrain-heldout")
+    rng = random.Random(f"{seed}:{stream}")
     items: list[dict] = []
     while len(items) < n:
-        kind = HELDOUT_KINDS[len(items) % len(HELDOUT_KINDS)]
+        kind = kinds[len(items) % len(kinds)]
         scene = random_scene(rng, "book" if kind == "genre" else "shapes", f"heldout/{len(items):05d}.jpg")
         qa = _question(rng, kind, scene)
         if qa:
@@ -85,12 +85,18 @@ def load(model_dir: Path):
     return LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True).eval(), proc
 
 
-def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8) -> list[str]:
-    """Greedy transformers answers to held-out items (images padded to square as the engines do)."""
+def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8, noise_step: int = 0,
+        seed: int = 0) -> list[str]:
+    """Greedy transformers answers to held-out items (images padded to square as the engines do).
+
+    With `noise_step`, each image is noised as the generate stage noises SeVa's rejected side (exact
+    mode: diffusion noise on the processor's normalized tensor), item i from `row_seed(seed, "heldout-i")`.
+    """
     import torch
     from PIL import Image
 
     from seva_tasks.llava.images import expand2square
+    from seva_tasks.llava.noise import add_diffusion_noise, row_seed
 
     proc.tokenizer.padding_side = "left"
     size, mean = model.config.vision_config.image_size, proc.image_processor.image_mean
@@ -100,6 +106,9 @@ def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8
         chunk = items[i:i + batch]
         images = [expand2square(render(it["scene"]), fill).resize((size, size), Image.BICUBIC) for it in chunk]
         enc = proc(images=images, text=[prompt(it["question"]) for it in chunk], padding=True, return_tensors="pt")
+        if noise_step:
+            seeds = [row_seed(seed, f"heldout-{i + j}") for j in range(len(chunk))]
+            enc["pixel_values"] = add_diffusion_noise(enc["pixel_values"], noise_step, seeds)
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=proc.tokenizer.pad_token_id)
@@ -107,10 +116,10 @@ def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8
     return answers
 
 
-def accuracy(model, proc, items: list[dict]) -> dict[str, float]:
-    """Held-out accuracy per question kind and overall (`all`)."""
-    answers = ask(model, proc, items)
-    return _rates([(it["kind"], answer_matches(a, it["answer"])) for it, a in zip(items, answers)])
+def accuracy(model, proc, items: list[dict], answers: list[str] | None = None) -> dict[str, float]:
+    """Held-out accuracy per question kind and overall (`all`), of `answers` if given (else asked now)."""
+    answers = ask(model, proc, items) if answers is None else answers
+    return rates([(it["kind"], answer_matches(a, it["answer"])) for it, a in zip(items, answers)])
 
 
 def majority(items: list[dict]) -> dict[str, float]:
@@ -119,10 +128,10 @@ def majority(items: list[dict]) -> dict[str, float]:
 
     common = {k: Counter(it["answer"] for it in items if it["kind"] == k).most_common(1)[0][0]
               for k in {it["kind"] for it in items}}
-    return _rates([(it["kind"], it["answer"] == common[it["kind"]]) for it in items])
+    return rates([(it["kind"], it["answer"] == common[it["kind"]]) for it in items])
 
 
-def _rates(hits: list[tuple[str, bool]]) -> dict[str, float]:
+def rates(hits: list[tuple[str, bool]]) -> dict[str, float]:
     """The share of hits per kind and overall (`all`), to 4 decimals."""
     out = {k: round(sum(h for kk, h in hits if kk == k) / sum(kk == k for kk, _ in hits), 4) for k in dict(hits)}
     out["all"] = round(sum(h for _, h in hits) / max(1, len(hits)), 4)

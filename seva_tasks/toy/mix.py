@@ -74,7 +74,7 @@ def _coco_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     """LLaVA-Instruct-style conversation: full-sentence answers about what, how many, where; or, for
     a third of the images, an A-OKVQA-style multiple-choice question (the 665k mix has both on COCO)."""
     if rng.random() < 1 / 3:
-        return _aokvqa_qas(rng, scene)
+        return aokvqa_qas(rng, scene)
     o = rng.choice(scene["objects"])
     n = _count(scene, color=o["color"])
     qas = [("What can you see in this image?", scene["caption"]),
@@ -87,7 +87,7 @@ def _coco_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     return qas
 
 
-def _aokvqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
+def aokvqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     """One multiple-choice question with lettered options, answered by the letter (A-OKVQA in the mix)."""
     o = rng.choice(scene["objects"])
     n = _count(scene, shape=o["shape"])

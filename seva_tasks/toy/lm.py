@@ -1,0 +1,82 @@
+"""The toy Vicuna: the tiny LLaVA's language model trained on text first, as LLaVA-1.5 starts from Vicuna.
+
+Why (experiments/miniature/README.md): from random weights, the toy's 2-layer Llama never leaves the
+label prior on existence questions ("Is there a circle in the image?" answered "yes" every time) at the
+instruction-tuning rates the toy used (2e-3), and at 1e-4 a 35-token system prompt in front of a handful
+of content tokens keeps it there too. A model that first learned the question types on short text
+conversations, at 1e-4, reads the image tokens for them at once when instruction tuning starts.
+
+Data: one-turn conversations `USER: {caption}\\n{question} ASSISTANT: {answer}</s>` about fresh shape
+scenes (seed stream `"{seed}:lm"`): the scene's caption stands where the image will be, the question is
+one of the mix's GQA-style templates, or A-OKVQA's lettered choice for a `CHOICE_SHARE` of them. No
+system prompt and no short-answer suffix: short contexts are what this model learns from. Loss on the
+answer and its `</s>` only. No image goes in, so only the language model's weights change.
+
+Check: held-out questions of every image kind but genre (`heldout`'s templates, stream `"{seed}:lm-heldout"`),
+captions in place of images, scored by exact match of every answer token under teacher forcing (what
+greedy decoding would produce).
+"""
+
+from __future__ import annotations
+
+import random
+
+from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, encode_batch
+from seva_tasks.toy import mix
+from seva_tasks.toy.heldout import HELDOUT_KINDS, rates
+from seva_tasks.toy.heldout import heldout as heldout_items
+from seva_tasks.toy.scenes import random_scene
+
+CHOICE_SHARE = 0.2  # conversations that ask a lettered multiple-choice question instead of a GQA-style one
+KINDS = tuple(k for k in HELDOUT_KINDS if k != "genre")  # a book's genre is not in its caption
+
+
+def segments(caption: str, question: str, answer: str) -> list[tuple[str, bool]]:
+    """One short conversation as (text, in_loss) pieces, for `prompts.encode`."""
+    return [(f"USER: {caption}\n{question} ASSISTANT:", False), (f" {answer}{SEP2}", True)]
+
+
+def conversations(seed: int, n: int) -> list[list[tuple[str, bool]]]:
+    """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"`."""
+    rng = random.Random(f"{seed}:lm")
+    out: list[list[tuple[str, bool]]] = []
+    while len(out) < n:
+        scene = random_scene(rng, "shapes", f"lm/{len(out):06d}.jpg")
+        qas = mix.aokvqa_qas(rng, scene) if rng.random() < CHOICE_SHARE else mix.QAS["gqa"](rng, scene)
+        out.append(segments(scene["caption"], *qas[0]))  # the mix shuffles its questions: the first is random
+    return out
+
+
+def examples(tokenizer, seed: int, n: int) -> list[dict]:
+    """Tokenized training conversations in the pretrain stage's example format (no pixels)."""
+    return [{"input_ids": ids, "labels": [t if x else -100 for t, x in zip(ids, loss)], "pixels": None}
+            for ids, loss in encode_batch(tokenizer, conversations(seed, n))]
+
+
+def heldout(seed: int, n: int) -> list[dict]:
+    """Held-out text items: {kind, answer, segments}, the image questions with the caption in the image's place."""
+    items = heldout_items(seed, n, kinds=KINDS, stream="lm-heldout")
+    return [{"kind": it["kind"], "answer": it["answer"],
+             "segments": segments(it["scene"]["caption"], it["question"].removesuffix(f"\n{SHORT_ANSWER}"), it["answer"])}
+            for it in items]
+
+
+def accuracy(model, tokenizer, items: list[dict], batch: int = 64) -> dict[str, float]:
+    """Per-kind share of items whose every answer token (and `</s>`) is the model's argmax."""
+    import torch
+
+    hits = []
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        enc = encode_batch(tokenizer, [it["segments"] for it in chunk])
+        width = max(len(ids) for ids, _ in enc)
+        ids = torch.full((len(enc), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for j, (row, _) in enumerate(enc):
+            ids[j, :len(row)], mask[j, :len(row)] = torch.tensor(row), 1
+        with torch.inference_mode():
+            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+        for j, (row, loss) in enumerate(enc):
+            at = [k for k, x in enumerate(loss) if x]  # answer positions; each is predicted from k - 1
+            hits.append((chunk[j]["kind"], all(pred[j, k - 1].item() == row[k] for k in at)))
+    return rates(hits)

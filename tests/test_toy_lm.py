@@ -1,4 +1,4 @@
-"""The toy Vicuna (`toy.lm`): its text conversations, and the pretrain stage's language-model phase."""
+"""The toy Vicuna (`toy.lm`): its text conversations, and the pretrain stage's language-model and vision phases."""
 
 from __future__ import annotations
 
@@ -64,18 +64,21 @@ def stage(tmp_path_factory):
     """The pretrain stage with a short language-model phase, through the store."""
     toy.ensure(ToyConfig())
     cfg = PipelineConfig(data_dir=tmp_path_factory.mktemp("data"), toy=ToyConfig(), model=toy.model_dir(ToyConfig()),
-                         pretrain=PretrainConfig(lm_steps=150, steps=10, extra={"gqa": 64}, heldout=35, gate_pope=40, logging_steps=5))
+                         pretrain=PretrainConfig(lm_steps=150, tower_steps=20, steps=10, extra={"gqa": 64}, heldout=35,
+                                                  gate_pope=40, logging_steps=5))
     return cfg, pipeline.run_stage(cfg, "pretrain", {})
 
 
 def test_language_model_phase_runs_first_and_is_recorded(stage):
+    """Phases in LLaVA's order: the language model (Vicuna), the vision tower (CLIP), instruction tuning."""
     cfg, ref = stage
     stats = json.loads((Path(ref["path"]) / "manifest.json").read_text())["stats"]
     assert stats["lm"]["steps"] == 150 and stats["lm"]["conversations"] == 150 * 32
     assert set(stats["lm"]["heldout"]["accuracy"]) == {*lm.KINDS, "all"} and stats["lm"]["heldout"]["questions"] == 35
     lines = [json.loads(x) for x in (Path(ref["path"]) / "metrics.jsonl").read_text().splitlines()]
     phases = [x["phase"] for x in lines]
-    assert phases == sorted(phases, key=["lm", "instruct"].index) and set(phases) == {"lm", "instruct"}
+    assert phases == sorted(phases, key=["lm", "tower", "instruct"].index) and set(phases) == {"lm", "tower", "instruct"}
+    assert stats["tower"]["steps"] == 20 and set(stats["tower"]["heldout"]) == {"shape", "color", "empty", "objects"}
     lm_losses = [x["loss"] for x in lines if x["phase"] == "lm"]
     assert lm_losses[-1] < lm_losses[0] - 0.8  # the text phase learns (measured 6.82 -> 5.62 in 150 steps at 1e-4)
     assert stats["final_loss"] == [x["loss"] for x in lines if x["phase"] == "instruct"][-1]

@@ -16,7 +16,9 @@ weight (vision tower, projector, language model: nothing here is pretrained) wit
 
 With `lm_steps > 0` the language model is first trained on text alone (`toy.lm`, the toy Vicuna: short
 conversations with a scene's caption in place of its image, at `lm_learning_rate`), as LLaVA-1.5 starts
-from Vicuna; the manifest's `lm` records its held-out accuracy. Without it, the 2-layer LM never learns
+from Vicuna; the manifest's `lm` records its held-out accuracy. With `tower_steps > 0` the vision tower is
+then pretrained alone on per-patch shape and colour labels (`toy.tower`, a stand-in for CLIP) and kept
+frozen during instruction tuning, as LLaVA-1.5 keeps CLIP; the manifest's `tower` records its per-patch accuracy. Without it, the 2-layer LM never learns
 existence from images (experiments/miniature/README.md); with it, instruction tuning wants a lower rate (3e-4).
 
 Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the front of the first human
@@ -53,7 +55,7 @@ from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
-from seva_tasks.toy import gates, lm, mix
+from seva_tasks.toy import gates, lm, mix, tower
 from seva_tasks.toy.heldout import accuracy, ask, heldout, load, majority
 from seva_tasks.toy.scenes import random_scene, render
 
@@ -87,6 +89,9 @@ class PretrainConfig(StageConfig):
     logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
     gate_pope: int = Field(300, ge=0, description="Held-out POPE-form questions (half about a present shape) for the gates; 0 (or heldout 0): no gates.")
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
+    tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour heads) before instruction tuning, which then keeps the tower frozen; 0: none.")
+    tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
+    tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
     lm_steps: int = Field(0, ge=0, description="Text-only steps of the language model before instruction tuning (toy.lm, the toy Vicuna); 0: none.")
     lm_batch_size: int = Field(32, ge=1, description="Text conversations per language-model step.")
     lm_learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate of the language-model phase (at 2e-3 this LM never leaves the label prior).")
@@ -280,6 +285,17 @@ def _pretrain_lm(cfg: PretrainConfig, model, processor, out_dir: Path) -> tuple[
                      "heldout": {"accuracy": accuracy, "majority": majority(items) if items else {}, "questions": len(items)}}
 
 
+def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
+    """Vision pretraining (`toy.tower`), then the tower frozen for instruction tuning, as LLaVA-1.5 freezes CLIP."""
+    ip = processor.image_processor
+    log.info("Vision pretraining: %d steps of %d scenes.", cfg.tower_steps, cfg.tower_batch_size)
+    stats = tower.train(model, steps=cfg.tower_steps, batch_size=cfg.tower_batch_size, learning_rate=cfg.tower_learning_rate,
+                        seed=cfg.seed, mean=ip.image_mean, std=ip.image_std, logging_steps=cfg.logging_steps,
+                        on_step=lambda i, n: progress.report("pretrain (tower)", i, n))
+    model.model.vision_tower.requires_grad_(False)
+    return {"steps": cfg.tower_steps, "final_loss": stats["history"][-1]["loss"], **stats}
+
+
 def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict) -> dict:
     """The gates' measurements: `items` again on noised images, and POPE-form questions clean and noised."""
     noised = accuracy(model, processor, items, ask(model, processor, items, noise_step=cfg.noise_step, seed=cfg.seed))
@@ -333,6 +349,8 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         set_seed(cfg.seed)
         model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
         history, lm_stats = _pretrain_lm(cfg, model, processor, out_dir) if cfg.lm_steps else ([], None)
+        tower_stats = _pretrain_tower(cfg, model, processor) if cfg.tower_steps else None
+        history += tower_stats.pop("history") if tower_stats else []
         examples, counts = _examples(cfg, processor, model.config)
         log.info("Pretraining %s for %d steps on %d conversations (%s).", base, cfg.steps, len(examples), counts)
         history += _train(cfg, model.train(), examples, processor, out_dir)
@@ -349,7 +367,7 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     with open(out_dir / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in steps)
     log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
-    return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None, "lm": lm_stats,
+    return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None, "lm": lm_stats, "tower": tower_stats,
             "heldout": {"accuracy": held, "majority": majority(items) if items else {}, "questions": len(items),
                         "noised": gated.get("noised")},
             "pope": gated.get("pope"), "gates": gated.get("gates"),

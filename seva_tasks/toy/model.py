@@ -96,10 +96,10 @@ def llava_config(cfg: ToyConfig, vocab: int):
 
     image_id, pad_id = (vocab - len(ADDED) + ADDED.index(t) for t in (IMAGE_TOKEN, "<pad>"))
 
-    heads = cfg.hidden_size // 32
-    vision = CLIPVisionConfig(hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
-                              num_hidden_layers=cfg.layers, num_attention_heads=heads, image_size=cfg.image_size,
-                              patch_size=cfg.patch_size, projection_dim=cfg.hidden_size,
+    heads, width = cfg.hidden_size // 32, cfg.vision_hidden_size or cfg.hidden_size
+    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width,
+                              num_hidden_layers=cfg.vision_layers or cfg.layers, num_attention_heads=width // 32,
+                              image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=width,
                               initializer_range=cfg.init_std)
     text = LlamaConfig(hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
                        num_hidden_layers=cfg.layers, num_attention_heads=heads, num_key_value_heads=heads,

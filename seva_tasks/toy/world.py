@@ -56,6 +56,8 @@ class ToyConfig(StageConfig):
     patch_size: int = Field(16, ge=1, description="Vision patch side; image tokens = (image_size / patch_size)^2.")
     hidden_size: int = Field(64, ge=32, description="Width of both towers; a multiple of 32 (heads of dim 32).")
     layers: int = Field(2, ge=2, description="Layers in each tower (LLaVA reads the penultimate CLIP layer).")
+    vision_layers: int | None = Field(None, ge=2, description="Layers of the vision tower alone (default: layers); LLaVA reads its penultimate one.")
+    vision_hidden_size: int | None = Field(None, ge=32, description="Width of the vision tower alone (default: hidden_size); a multiple of 32.")
     vocab_size: int = Field(1280, ge=512, description="Upper bound of the vocabulary (256 byte tokens included) trained on the toy corpus.")
     init_std: float = Field(0.02, gt=0, description="Std of the random weights (transformers' initializer_range).")
 
@@ -65,9 +67,10 @@ class ToyConfig(StageConfig):
         if self.image_size % self.patch_size:
             errors.append(f"toy.image_size must be a multiple of toy.patch_size. Got {self.image_size} and "
                           f"{self.patch_size}; e.g. image_size=64 patch_size=16.")
-        if self.hidden_size % 32:
-            errors.append(f"toy.hidden_size must be a multiple of 32 (attention head_dim 32, which vLLM's CPU "
-                          f"backend supports). Got {self.hidden_size}; e.g. hidden_size=64.")
+        for name in ("hidden_size", "vision_hidden_size"):
+            if (getattr(self, name) or 32) % 32:
+                errors.append(f"toy.{name} must be a multiple of 32 (attention head_dim 32, which vLLM's CPU "
+                              f"backend supports). Got {getattr(self, name)}; e.g. {name}=64.")
         if errors:
             raise ValueError(" ".join(errors))
         return self

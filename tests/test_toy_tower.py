@@ -1,0 +1,80 @@
+"""Vision pretraining (`toy.tower`): per-patch labels on hand-computed scenes, and a phase that trains
+the vision tower alone, then leaves it frozen for instruction tuning."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never touch the hub
+
+import random
+
+from seva_tasks import toy
+from seva_tasks.toy import ToyConfig, tower
+from seva_tasks.toy.scenes import COLORS, SHAPES
+
+I = tower.IGNORE
+
+
+def _obj(shape, color, box):
+    return {"shape": shape, "color": color, "box": box}
+
+
+def test_patch_labels_square_scene():
+    # 96 px scene -> 64 px input (scale 2/3), 16 px patches: a 4x4 grid.
+    scene = {"width": 96, "height": 96, "objects": [
+        _obj("circle", "red", [0, 0, 24, 24]),       # -> [0, 0, 16, 16]: patch 0 only
+        _obj("triangle", "blue", [30, 30, 54, 54]),  # -> [20, 20, 36, 36]: centre (28, 28) in patch 5; touches 6, 9, 10
+    ]}
+    shape, color = tower.patch_labels(scene, 64, 16)
+    c, t = SHAPES.index("circle") + 1, SHAPES.index("triangle") + 1
+    assert shape == [c, 0, 0, 0,
+                     0, t, I, 0,
+                     0, I, I, 0,
+                     0, 0, 0, 0]
+    assert color[0] == list(COLORS).index("red") + 1 and color[5] == list(COLORS).index("blue") + 1
+    assert [i for i, x in enumerate(color) if x == I] == [6, 9, 10]
+
+
+def test_patch_labels_pad_a_wide_scene_to_a_centred_square():
+    # 96x48 -> padded by 24 px above and below -> 64 px input: box [72, 0, 96, 24] -> [48, 16, 64, 32]: patch 7.
+    scene = {"width": 96, "height": 48, "objects": [_obj("square", "green", [72, 0, 96, 24])]}
+    shape, _ = tower.patch_labels(scene, 64, 16)
+    assert [i for i, x in enumerate(shape) if x] == [7] and shape[7] == SHAPES.index("square") + 1
+
+
+def test_two_objects_centred_in_one_patch_carry_no_label():
+    scene = {"width": 64, "height": 64, "objects": [_obj("circle", "red", [0, 0, 6, 6]), _obj("square", "blue", [8, 8, 14, 14])]}
+    shape, color = tower.patch_labels(scene, 64, 16)
+    assert shape[0] == color[0] == I and shape[1:] == [0] * 15
+
+
+def test_batches_are_seeded_and_match_their_labels():
+    a = tower.batch(random.Random("0:tower"), 4, 64, 16, (0.5, 0.5, 0.5))
+    b = tower.batch(random.Random("0:tower"), 4, 64, 16, (0.5, 0.5, 0.5))
+    assert all((x == y).all() for x, y in zip(a, b))
+    px, shape, color = a
+    assert px.shape == (4, 3, 64, 64) and shape.shape == color.shape == (4, 16)
+    assert ((shape > 0) == (color > 0)).all() and (shape > 0).any()
+
+
+def test_tower_phase_trains_the_vision_tower_alone_then_freezes_it():
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from seva_tasks.stages import pretrain
+
+    toy.ensure(ToyConfig())
+    base = toy.model_dir(ToyConfig())
+    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = pretrain.PretrainConfig(tower_steps=60, tower_batch_size=32, logging_steps=20)
+    stats = pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith("model.vision_tower.") for k in changed), sorted(changed)[:5]
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert any(p.requires_grad for p in model.model.multi_modal_projector.parameters())
+    losses = [h["loss"] for h in stats["history"]]
+    assert [h["step"] for h in stats["history"]] == [20, 40, 60] and losses[-1] < losses[0]
+    held = stats["heldout"]
+    assert held["objects"] > 500 and held["color"] > 0.3  # 7 classes; colour is learned first (measured 0.95 at 60 steps, shape 0.37)

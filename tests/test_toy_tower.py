@@ -78,3 +78,22 @@ def test_tower_phase_trains_the_vision_tower_alone_then_freezes_it():
     assert [h["step"] for h in stats["history"]] == [20, 40, 60] and losses[-1] < losses[0]
     held = stats["heldout"]
     assert held["objects"] > 500 and held["color"] > 0.3  # 7 classes; colour is learned first (measured 0.95 at 60 steps, shape 0.37)
+
+
+def test_aligned_tower_moves_tower_and_projector_toward_frozen_word_embeddings():
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from seva_tasks.stages import pretrain
+
+    toy.ensure(ToyConfig())
+    base = toy.model_dir(ToyConfig())
+    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = pretrain.PretrainConfig(tower_steps=40, tower_batch_size=32, tower_align=True, logging_steps=20)
+    stats = pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
+    changed = {k.split(".")[1] for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"vision_tower", "multi_modal_projector"}  # the word embeddings stay as they were
+    held = stats["heldout"]
+    assert {"aligned_shape", "aligned_color", "aligned_empty"} <= set(held)
+    assert held["aligned_color"] > 1 / 7  # above chance over 7 classes after 40 steps

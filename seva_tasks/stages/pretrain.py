@@ -57,7 +57,7 @@ from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
 from seva_tasks.toy import gates, lm, mix, tower
 from seva_tasks.toy.heldout import accuracy, ask, heldout, load, majority
-from seva_tasks.toy.scenes import random_scene, render
+from seva_tasks.toy.scenes import COLORS, SHAPES, random_scene, render
 
 SOURCES = (*mix.PREFIXES, "text")  # "text": rows without an image (ShareGPT-like)
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class PretrainConfig(StageConfig):
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
     tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour heads) before instruction tuning, which then keeps the tower frozen; 0: none.")
     tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
+    tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape and colour names (CLIP's text side, LLaVA's stage 1); best after lm_steps.")
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
     lm_steps: int = Field(0, ge=0, description="Text-only steps of the language model before instruction tuning (toy.lm, the toy Vicuna); 0: none.")
     lm_batch_size: int = Field(32, ge=1, description="Text conversations per language-model step.")
@@ -289,8 +290,10 @@ def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
     """Vision pretraining (`toy.tower`), then the tower frozen for instruction tuning, as LLaVA-1.5 freezes CLIP."""
     ip = processor.image_processor
     log.info("Vision pretraining: %d steps of %d scenes.", cfg.tower_steps, cfg.tower_batch_size)
+    words = {w: processor.tokenizer(f" {w}", add_special_tokens=False).input_ids for w in (*SHAPES, *COLORS)}
     stats = tower.train(model, steps=cfg.tower_steps, batch_size=cfg.tower_batch_size, learning_rate=cfg.tower_learning_rate,
-                        seed=cfg.seed, mean=ip.image_mean, std=ip.image_std, logging_steps=cfg.logging_steps,
+                        seed=cfg.seed, mean=ip.image_mean, std=ip.image_std, words=words if cfg.tower_align else None,
+                        logging_steps=cfg.logging_steps,
                         on_step=lambda i, n: progress.report("pretrain (tower)", i, n))
     model.model.vision_tower.requires_grad_(False)
     return {"steps": cfg.tower_steps, "final_loss": stats["history"][-1]["loss"], **stats}

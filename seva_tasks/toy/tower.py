@@ -7,6 +7,12 @@ from the features LLaVA reads (`vision_feature_layer`), linear heads predict, fo
 and the colour of the object centred in it, or "empty" for a patch no object touches. Patches an object
 touches without being centred in them carry no label (they are neither that object nor empty).
 
+With `words` (the token ids of each shape and colour name), the phase also aligns: every patch's
+*projected* token (what the language model will read) is scored by cosine against the language model's
+own, frozen, input embeddings of those names (a learned vector stands for "empty"), with the same labels.
+That is CLIP's text side and LLaVA's stage-1 projector alignment in one objective: the image tokens point
+at the words the questions use, which a language model pretrained on text (`toy.lm`) already looks for.
+
 Scenes are fresh shape scenes from the seed stream `"{seed}:tower"`, padded to a square with the mean
 colour and resized as the engines feed the model; the check uses `"{seed}:tower-heldout"`.
 """
@@ -56,10 +62,14 @@ def batch(rng: random.Random, n: int, image_size: int, patch_size: int, mean) ->
     return pixels, torch.tensor([lab[0] for lab in labels]), torch.tensor([lab[1] for lab in labels])
 
 
-class Heads:
-    """The vision tower with per-patch shape and colour heads on LLaVA's feature layer."""
+ALIGN_SCALE = 10.0  # cosine -> logit temperature of the aligned heads (CLIP learns its own; fixed here)
 
-    def __init__(self, model):
+
+class Heads:
+    """The vision tower with per-patch shape and colour heads on LLaVA's feature layer, and with `words`
+    ({name: token ids}) the aligned heads on the projected tokens: (shape, colour[, aligned shape, aligned colour])."""
+
+    def __init__(self, model, words: dict[str, list[int]] | None = None):
         import torch
 
         self.tower = model.model.vision_tower
@@ -67,34 +77,50 @@ class Heads:
         hidden = model.config.vision_config.hidden_size
         self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
         self.color = torch.nn.Linear(hidden, len(COLORS) + 1)
+        self.projector = model.model.multi_modal_projector if words else None
+        if words:
+            emb = model.get_input_embeddings().weight.detach()  # frozen: the words keep their meaning
+            self.shape_words = torch.stack([emb[words[w]].mean(0) for w in SHAPES])
+            self.color_words = torch.stack([emb[words[w]].mean(0) for w in COLORS])
+            self.empty = torch.nn.Parameter(0.02 * torch.randn(2, emb.shape[1]))
 
     def parameters(self) -> list:
-        return [*self.tower.parameters(), *self.shape.parameters(), *self.color.parameters()]
+        aligned = [*self.projector.parameters(), self.empty] if self.projector else []
+        return [*self.tower.parameters(), *self.shape.parameters(), *self.color.parameters(), *aligned]
 
-    def __call__(self, pixel_values):
+    def __call__(self, pixel_values) -> tuple:
+        import torch
+        import torch.nn.functional as F
+
         feats = self.tower(pixel_values, output_hidden_states=True).hidden_states[self.layer][:, 1:]  # CLS dropped
-        return self.shape(feats), self.color(feats)
+        out = (self.shape(feats), self.color(feats))
+        if self.projector is None:
+            return out
+        tokens = F.normalize(self.projector(feats), dim=-1)
+        classes = [torch.cat([self.empty[i:i + 1], w]) for i, w in enumerate((self.shape_words, self.color_words))]
+        return out + tuple(ALIGN_SCALE * tokens @ F.normalize(c, dim=-1).T for c in classes)
 
 
 def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int, mean, std,
-          heldout: int = 512, logging_steps: int = 50, on_step=None) -> dict:
-    """Train the tower (in place) and its heads; return the loss history and held-out per-patch accuracy."""
+          words: dict[str, list[int]] | None = None, heldout: int = 512, logging_steps: int = 50, on_step=None) -> dict:
+    """Train the tower (in place) and its heads (with `words`: and the projector, aligned); return the
+    loss history and held-out per-patch accuracy."""
     import torch
     import torch.nn.functional as F
     from transformers import get_cosine_schedule_with_warmup
 
     cfg = model.config.vision_config
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    heads = Heads(model)
+    heads = Heads(model, words)
     model.train()
     opt = torch.optim.AdamW(heads.parameters(), lr=learning_rate, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=steps // 20, num_training_steps=steps)
     rng, history = random.Random(f"{seed}:tower"), []
     for step in range(1, steps + 1):
         px, shape, color = batch(rng, batch_size, cfg.image_size, cfg.patch_size, mean)
-        ls, lc = heads((px.float() / 255 - m) / s)
-        loss = F.cross_entropy(ls.flatten(0, 1), shape.flatten(), ignore_index=IGNORE) + \
-            F.cross_entropy(lc.flatten(0, 1), color.flatten(), ignore_index=IGNORE)
+        logits = heads((px.float() / 255 - m) / s)
+        loss = sum(F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+                   for lg, y in zip(logits, (shape, color, shape, color)))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
@@ -118,9 +144,12 @@ def accuracy(heads: Heads, n: int, seed: int, image_size: int, patch_size: int, 
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     px, shape, color = batch(random.Random(f"{seed}:tower-heldout"), n, image_size, patch_size, mean)
     with torch.inference_mode():
-        ls, lc = heads((px.float() / 255 - m) / s)
-    ps, pc = ls.argmax(-1), lc.argmax(-1)
+        logits = heads((px.float() / 255 - m) / s)
     obj, empty = shape > EMPTY, shape == EMPTY
-    return {"shape": round((ps[obj] == shape[obj]).float().mean().item(), 4),
-            "color": round((pc[obj] == color[obj]).float().mean().item(), 4),
-            "empty": round((ps[empty] == EMPTY).float().mean().item(), 4), "objects": int(obj.sum())}
+    out = {"objects": int(obj.sum())}
+    for prefix, at in (("", 0), ("aligned_", 2))[:len(logits) // 2]:
+        ps, pc = logits[at].argmax(-1), logits[at + 1].argmax(-1)
+        out.update({f"{prefix}shape": round((ps[obj] == shape[obj]).float().mean().item(), 4),
+                    f"{prefix}color": round((pc[obj] == color[obj]).float().mean().item(), 4),
+                    f"{prefix}empty": round((ps[empty] == EMPTY).float().mean().item(), 4)})
+    return out

@@ -14,12 +14,13 @@ weight (vision tower, projector, language model: nothing here is pretrained) wit
   the same question templates as the mix (`toy.mix.QAS`), rendered in memory and JPEG-encoded as the
   mix's images are. The 184-row default mix alone is far too little to learn colours and shapes.
 
-With `lm_steps > 0` the language model is first trained on text alone (`toy.lm`, the toy Vicuna: short
-conversations with a scene's caption in place of its image, at `lm_learning_rate`), as LLaVA-1.5 starts
-from Vicuna; the manifest's `lm` records its held-out accuracy. With `tower_steps > 0` the vision tower is
-then pretrained alone on per-patch shape and colour labels (`toy.tower`, a stand-in for CLIP) and kept
-frozen during instruction tuning, as LLaVA-1.5 keeps CLIP; the manifest's `tower` records its per-patch accuracy. Without it, the 2-layer LM never learns
-existence from images (experiments/miniature/README.md); with it, instruction tuning wants a lower rate (3e-4).
+LLaVA-1.5 starts from Vicuna and CLIP; two optional phases stand in for them, in that order:
+- `lm_steps > 0`: the language model trains on text alone (`toy.lm`, the toy Vicuna: short conversations
+  with a scene's caption in place of its image); the manifest's `lm` records its held-out text accuracy.
+- `tower_steps > 0`: the vision tower trains alone on per-patch shape and colour labels (`toy.tower`), with
+  `tower_align` also pointing the projected tokens at the LM's word embeddings; the tower then stays frozen
+  during instruction tuning, as CLIP does; the manifest's `tower` records its per-patch accuracy.
+Without them, this 2-layer LM answers existence questions with the label prior (experiments/miniature/README.md).
 
 Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the front of the first human
 turn, vicuna_v1 turns "USER: q ASSISTANT: a</s>", loss on each answer and its `</s>` only. Images are
@@ -95,7 +96,7 @@ class PretrainConfig(StageConfig):
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
     lm_steps: int = Field(0, ge=0, description="Text-only steps of the language model before instruction tuning (toy.lm, the toy Vicuna); 0: none.")
     lm_batch_size: int = Field(32, ge=1, description="Text conversations per language-model step.")
-    lm_learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate of the language-model phase (at 2e-3 this LM never leaves the label prior).")
+    lm_learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate of the language-model phase (on the toy world, 3,000 steps at 1e-3 learn; 1,500 at 1e-4 stay near the prior).")
 
     @field_validator("sources")
     @classmethod

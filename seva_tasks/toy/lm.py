@@ -4,7 +4,8 @@ Why (experiments/miniature/README.md): from random weights, the toy's 2-layer Ll
 label prior on existence questions ("Is there a circle in the image?" answered "yes" every time) at the
 instruction-tuning rates the toy used (2e-3), and at 1e-4 a 35-token system prompt in front of a handful
 of content tokens keeps it there too. A model that first learned the question types on short text
-conversations, at 1e-4, reads the image tokens for them at once when instruction tuning starts.
+conversations starts instruction tuning with the circuits it needs and only has to find the words in
+the image tokens (fastest when `toy.tower`'s aligned phase has pointed those tokens at the words).
 
 Data: one-turn conversations `USER: {caption}\\n{question} ASSISTANT: {answer}</s>` about fresh shape
 scenes (seed stream `"{seed}:lm"`): the scene's caption stands where the image will be, the question is

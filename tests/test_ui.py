@@ -67,7 +67,8 @@ def experiment_run(server, work, full_run) -> tuple[str, Path]:
     """A 1-setting × 2-seed experiment on the same overrides (seed 0 is full_run's, so cached); run id, out dir."""
     tmp, overrides = work
     spec = tmp / "small.yaml"
-    spec.write_text(yaml.safe_dump({"preset": "toy", "out": str(tmp / "experiment"), "seeds": [0, 1],
+    # require_gates off: a 200-step base fails the miniature's gates (the refusal is tested in test_experiment.py)
+    spec.write_text(yaml.safe_dump({"preset": "toy", "out": str(tmp / "experiment"), "seeds": [0, 1], "require_gates": False,
                                     "settings": [{"name": "small", "why": "the browser test's run",
                                                   "overrides": overrides}]}))
     return deploy(server, "seva-experiment/toy-seva", {"spec": str(spec)}), tmp / "experiment"

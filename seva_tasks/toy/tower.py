@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 
+from seva_tasks.llava.images import normalize, square_tensor
 from seva_tasks.toy.scenes import COLORS, SHAPES, random_scene, render
 
 IGNORE = -100
@@ -53,8 +54,6 @@ def patch_labels(scene: dict, image_size: int, patch_size: int) -> tuple[list[in
 def batch(rng: random.Random, n: int, image_size: int, patch_size: int, mean) -> tuple:
     """`n` fresh scenes as (uint8 [n, 3, S, S], shape labels [n, P], colour labels [n, P])."""
     import torch
-
-    from seva_tasks.llava.images import square_tensor
 
     scenes = [random_scene(rng, "shapes", "tower.jpg") for _ in range(n)]
     labels = [patch_labels(s, image_size, patch_size) for s in scenes]
@@ -110,7 +109,6 @@ def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int
     from transformers import get_cosine_schedule_with_warmup
 
     cfg = model.config.vision_config
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     heads = Heads(model, words)
     model.train()
     opt = torch.optim.AdamW(heads.parameters(), lr=learning_rate, weight_decay=0.0)
@@ -118,7 +116,7 @@ def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int
     rng, history = random.Random(f"{seed}:tower"), []
     for step in range(1, steps + 1):
         px, shape, color = batch(rng, batch_size, cfg.image_size, cfg.patch_size, mean)
-        logits = heads((px.float() / 255 - m) / s)
+        logits = heads(normalize(px, mean, std))
         loss = sum(F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
                    for lg, y in zip(logits, (shape, color, shape, color)))
         opt.zero_grad()
@@ -141,10 +139,9 @@ def accuracy(heads: Heads, n: int, seed: int, image_size: int, patch_size: int, 
 
     if not n:
         return {}
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     px, shape, color = batch(random.Random(f"{seed}:tower-heldout"), n, image_size, patch_size, mean)
     with torch.inference_mode():
-        logits = heads((px.float() / 255 - m) / s)
+        logits = heads(normalize(px, mean, std))
     obj, empty = shape > EMPTY, shape == EMPTY
     out = {"objects": int(obj.sum())}
     for prefix, at in (("", 0), ("aligned_", 2))[:len(logits) // 2]:

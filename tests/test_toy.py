@@ -169,6 +169,52 @@ def test_random_scene_draws_held_out_scenes():
         toy.random_scene(random.Random(7), "poster", "x.jpg")
 
 
+def test_shape_scenes_put_large_objects_in_a_2x2_grid():
+    rng = random.Random(3)
+    drawn = [toy.random_scene(rng, "shapes", "x.jpg") for _ in range(400)]
+    objects = [(s, o) for s in drawn for o in s["objects"]]
+    assert all(s["width"] == s["height"] and 1 <= len(s["objects"]) <= 4 for s in drawn)
+    # In the model's 64-px input (the canvas is square, so only scaled): a cell is 32 px, 2x2 patches of 16.
+    sides = [(o["box"][2] - o["box"][0]) * 64 / s["width"] for s, o in objects]
+    large = [x for x in sides if x >= 16]
+    assert min(large) >= 16 and max(sides) <= 28 and min(sides) >= 7
+    assert 0.12 < 1 - len(large) / len(sides) < 0.28  # SMALL_SHARE = 0.2 small ones
+    for s, o in objects:  # each object inside its own quadrant, named by its position
+        cx, cy, half = (o["box"][0] + o["box"][2]) / 2, (o["box"][1] + o["box"][3]) / 2, s["width"] / 2
+        assert (cx < half) == (o["position"] == "left") and (cy < half) == (o["vertical"] == "top")
+
+
+def test_a_cover_shows_its_genre_by_colour_and_icon():
+    from seva_tasks.toy.scenes import GENRE_ICONS, GENRES
+
+    assert len({(GENRES[g], GENRE_ICONS[g]) for g in GENRES}) == len(GENRES)  # one pair per genre
+    book = toy.random_scene(random.Random(5), "book", "x.jpg")
+    img = toy.render(book)
+    x0, y0, x1, y1 = book["book"]["icon_box"]
+    ink = {"black": (20, 20, 20), "white": (250, 250, 250)}[book["book"]["ink"]]
+    assert img.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == ink  # the icon's centre is drawn in the ink
+    corner = img.getpixel((x0 + 1, y0 + 1))  # a circle leaves its box's corner in the cover colour
+    assert (corner == ink) == (book["book"]["icon"] == "square")
+    assert book["book"]["icon"] in book["caption"]
+
+
+def test_existence_questions_are_true_and_lean_to_yes_as_pope_training_data_does():
+    from seva_tasks.toy.mix import QAS, YES_SHARE
+
+    rng = random.Random(11)
+    answers = []
+    for _ in range(3000):
+        scene = toy.random_scene(rng, "shapes", "x.jpg")
+        for q, a in QAS["gqa"](rng, scene):
+            if q.startswith("Is there a "):
+                words = q.removeprefix("Is there a ").removesuffix(" in the image?").split()
+                present = any(all(w in (o["color"], o["shape"]) for w in words) for o in scene["objects"])
+                assert a == ("yes" if present else "no"), (q, scene["objects"])
+                answers.append(a == "yes")
+    share = sum(answers) / len(answers)
+    assert abs(share - YES_SHARE) < 0.04, share  # a few more: an image with every shape has no absent one
+
+
 # ----------------------------------------------------------------------------- the tiny LLaVA
 
 

@@ -28,6 +28,7 @@ PREFIXES = {
 KINDS = {"ocr_vqa": "book", "textvqa": "sign", "coco": "shapes", "gqa": "shapes", "vg": "shapes"}
 CAPTION = "Provide a one-sentence caption for the provided image."  # TextCaps' prompt in the mix
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+YES_SHARE = 0.62  # existence questions about a present thing (real yes-rates of POPE-like training data: ~60-65 %)
 SIDES = {"circle": "no corners", "square": "four sides", "triangle": "three sides", "diamond": "four sides"}
 
 
@@ -106,12 +107,15 @@ def aokvqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
 def _gqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     """GQA-style short answers (lowercase) about colours, shapes, sides, counts and existence.
 
-    Existence questions are balanced, as GQA's balanced split and POPE are: half name a thing that
-    is in the image, half one drawn at random (mostly absent, so the model can learn to say no).
+    Existence questions name a thing in the image `YES_SHARE` of the time and otherwise one that is truly
+    absent, POPE's form: a model learns to say no only from questions whose answer is no, and a random draw
+    (mostly present among 1-4 objects of 4 shapes) would teach it that "yes" is nearly always right.
     """
     o = rng.choice(scene["objects"])
-    color, shape = (o["color"], o["shape"]) if rng.random() < 0.5 else (rng.choice(list(COLORS)), rng.choice(SHAPES))
-    thing = o["shape"] if rng.random() < 0.5 else rng.choice(SHAPES)
+    pairs = [(c, s) for c in COLORS for s in SHAPES if not _count(scene, color=c, shape=s)]
+    shapes = [s for s in SHAPES if not _count(scene, shape=s)]
+    color, shape = (o["color"], o["shape"]) if rng.random() < YES_SHARE else rng.choice(pairs)
+    thing = o["shape"] if rng.random() < YES_SHARE or not shapes else rng.choice(shapes)
     qas = [(f"Is there a {color} {shape} in the image?", "yes" if _count(scene, color=color, shape=shape) else "no"),
            (f"Is there a {thing} in the image?", "yes" if _count(scene, shape=thing) else "no"),
            (f"How many {o['shape']}s are there?", str(_count(scene, shape=o["shape"])))]

@@ -20,12 +20,17 @@ BACKGROUNDS = {"white": (250, 250, 250), "gray": (190, 190, 195), "beige": (235,
 INKS = {"black": (20, 20, 20), "white": (250, 250, 250)}
 PALETTE = {**COLORS, **BACKGROUNDS, **INKS}
 
-# OCR-VQA's genre names (Amazon categories); the cover colour hints at the genre.
+SMALL_SHARE = 0.2  # objects drawn small
+
+# OCR-VQA's genre names (Amazon categories). A cover shows its genre by its colour and the icon in its middle:
+# each genre has its own (colour, icon) pair, so a model that sees colour and shape can read the genre.
 GENRES = {
     "Travel": "blue", "Cookbooks, Food & Wine": "orange", "History": "purple", "Romance": "red",
     "Science & Math": "green", "Children's Books": "yellow", "Self-Help": "orange",
     "Mystery, Thriller & Suspense": "purple", "Sports & Outdoors": "green", "Humor & Entertainment": "yellow",
 }
+GENRE_ICONS = {genre: "square" if genre in ("Self-Help", "Mystery, Thriller & Suspense", "Sports & Outdoors",
+                                            "Humor & Entertainment") else "circle" for genre in GENRES}
 TITLE_WORDS = (
     ("The", "Silent", "Golden", "Little", "Hidden", "Last", "Quiet", "Lost", "Bright", "Wild"),
     ("River", "Garden", "Kitchen", "Mountain", "Secret", "Journey", "Island", "Letter", "Forest", "City"),
@@ -46,7 +51,7 @@ def random_scene(rng: random.Random, kind: str, image: str) -> dict:
 
     Record: image, kind, width, height, background; objects [{shape, color, box, position
     (left|right), vertical (top|bottom)}]; texts [{role, text, box, size, ink}]; book {title,
-    author, genre} or None; sign {text, color, box} or None; ocr_tokens; caption. Boxes are
+    author, genre, icon, ink, icon_box} or None; sign {text, color, box} or None; ocr_tokens; caption. Boxes are
     [x0, y0, x1, y1] in pixels; colours are keys of PALETTE.
     """
     make = {"shapes": _shapes_scene, "book": _book_scene, "sign": _sign_scene}
@@ -59,18 +64,20 @@ def random_scene(rng: random.Random, kind: str, image: str) -> dict:
 
 
 def _shapes_scene(rng: random.Random) -> dict:
-    """1-5 shapes, each alone in a grid cell, so left/right and top/bottom are never ambiguous."""
-    w, h = rng.choice([(96, 72), (72, 96), (96, 96), (120, 80)])
-    cols, rows = (4, 2) if w >= h else (2, 4)
-    cells = sorted(rng.sample(range(cols * rows), rng.randint(1, 5)))
-    objects = [_place(rng, c % cols, c // cols, cols, rows, w, h) for c in cells]
-    return {"width": w, "height": h, "background": rng.choice(list(BACKGROUNDS)), "objects": objects}
+    """1-4 shapes on a square canvas, each alone in a cell of a 2x2 grid, so left/right and top/bottom are
+    never ambiguous and, in the model's 64-px input, a cell is 2x2 patches: most objects span 17-27 px there,
+    a `SMALL_SHARE` of them 8-13 px (the fine detail that SeVa's noise step destroys first)."""
+    side = rng.choice([96, 112, 128])
+    cells = sorted(rng.sample(range(4), rng.randint(1, 4)))
+    objects = [_place(rng, c % 2, c // 2, 2, 2, side, side) for c in cells]
+    return {"width": side, "height": side, "background": rng.choice(list(BACKGROUNDS)), "objects": objects}
 
 
 def _place(rng: random.Random, col: int, row: int, cols: int, rows: int, w: int, h: int) -> dict:
-    """A random shape inside one grid cell."""
+    """A random shape inside one grid cell (side 55-85 % of the cell's, or 25-40 % for a small one)."""
     cw, ch = w / cols, h / rows
-    side = int(min(cw, ch) * rng.uniform(0.55, 0.85))
+    small = rng.random() < SMALL_SHARE
+    side = int(min(cw, ch) * (rng.uniform(0.25, 0.4) if small else rng.uniform(0.55, 0.85)))
     x0 = int(cw * col + rng.uniform(0, cw - side))
     y0 = int(ch * row + rng.uniform(0, ch - side))
     return {"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)), "box": [x0, y0, x0 + side, y0 + side],
@@ -78,16 +85,18 @@ def _place(rng: random.Random, col: int, row: int, cols: int, rows: int, w: int,
 
 
 def _book_scene(rng: random.Random) -> dict:
-    """A book cover: title on top, author below; the cover colour follows the genre."""
+    """A book cover: title on top, the genre's icon in the middle, author below; colour and icon follow the genre."""
     w, h = 80, 120
     genre = rng.choice(list(GENRES))
     title = " ".join(rng.choice(words) for words in TITLE_WORDS)
     author = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
     ink = "black" if GENRES[genre] in ("yellow", "orange") else "white"
-    texts = [{"role": "title", "text": _wrap(title, 10), "box": [2, 6, w - 2, 62], "size": 11, "ink": ink},
+    texts = [{"role": "title", "text": _wrap(title, 10), "box": [2, 4, w - 2, 42], "size": 11, "ink": ink},
              {"role": "author", "text": _wrap(author, 12), "box": [2, 88, w - 2, 116], "size": 9, "ink": ink}]
     return {"width": w, "height": h, "background": GENRES[genre], "texts": texts,
-            "book": {"title": title, "author": author, "genre": genre}, "ocr_tokens": (title + " " + author).split()}
+            "book": {"title": title, "author": author, "genre": genre, "icon": GENRE_ICONS[genre], "ink": ink,
+                     "icon_box": [22, 46, 58, 82]},
+            "ocr_tokens": (title + " " + author).split()}
 
 
 def _sign_scene(rng: random.Random) -> dict:
@@ -120,7 +129,7 @@ def caption(scene: dict) -> str:
     """A one-sentence description of a scene (TextCaps/COCO-style caption, LLaVA-Bench context)."""
     if scene["book"]:
         b = scene["book"]
-        return f'The {scene["background"]} cover of the book "{b["title"]}" by {b["author"]}.'
+        return f'The {scene["background"]} cover of the book "{b["title"]}" by {b["author"]}, with {article(b["ink"])} {b["icon"]}.'
     things = [f"{article(o['color'])} {o['shape']} on the {o['vertical']} {o['position']}" for o in scene["objects"]]
     listing = ", ".join(things[:-1]) + (" and " if len(things) > 1 else "") + (things[-1] if things else "")
     if scene["sign"]:
@@ -148,6 +157,8 @@ def render(scene: dict) -> Image.Image:
         mid = (x0 + x1) // 2
         draw.rectangle([mid - 2, y1, mid + 2, scene["height"]], fill=(110, 90, 70))  # the pole
         draw.rectangle(scene["sign"]["box"], fill=COLORS[scene["sign"]["color"]], outline=INKS["black"])
+    if scene["book"]:
+        _draw_shape(draw, scene["book"]["icon"], scene["book"]["icon_box"], INKS[scene["book"]["ink"]])
     for obj in scene["objects"]:
         _draw_shape(draw, obj["shape"], obj["box"], COLORS[obj["color"]])
     for t in scene["texts"]:

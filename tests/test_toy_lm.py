@@ -78,7 +78,7 @@ def test_language_model_phase_runs_first_and_is_recorded(stage):
     lines = [json.loads(x) for x in (Path(ref["path"]) / "metrics.jsonl").read_text().splitlines()]
     phases = [x["phase"] for x in lines]
     assert phases == sorted(phases, key=["lm", "tower", "instruct"].index) and set(phases) == {"lm", "tower", "instruct"}
-    assert stats["tower"]["steps"] == 20 and set(stats["tower"]["heldout"]) == {"shape", "color", "empty", "objects"}
+    assert stats["tower"]["steps"] == 20 and set(stats["tower"]["heldout"]) == {"shape", "color", "position", "vertical", "empty", "objects"}
     lm_losses = [x["loss"] for x in lines if x["phase"] == "lm"]
     assert lm_losses[-1] < lm_losses[0] - 0.8  # the text phase learns (measured 7.13 -> ~1.0 in 150 steps at 1e-3)
     assert stats["final_loss"] == [x["loss"] for x in lines if x["phase"] == "instruct"][-1]

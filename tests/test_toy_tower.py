@@ -16,17 +16,18 @@ from seva_tasks.toy.scenes import COLORS, SHAPES
 I = tower.IGNORE
 
 
-def _obj(shape, color, box):
-    return {"shape": shape, "color": color, "box": box}
+def _obj(shape, color, box, position="left", vertical="top"):
+    return {"shape": shape, "color": color, "box": box, "position": position, "vertical": vertical}
 
 
 def test_patch_labels_square_scene():
     # 96 px scene -> 64 px input (scale 2/3), 16 px patches: a 4x4 grid.
     scene = {"width": 96, "height": 96, "objects": [
         _obj("circle", "red", [0, 0, 24, 24]),       # -> [0, 0, 16, 16]: patch 0 only
-        _obj("triangle", "blue", [30, 30, 54, 54]),  # -> [20, 20, 36, 36]: centre (28, 28) in patch 5; touches 6, 9, 10
+        _obj("triangle", "blue", [30, 30, 54, 54], "right", "bottom"),  # -> [20, 20, 36, 36]: centre (28, 28) in patch 5; touches 6, 9, 10
     ]}
-    shape, color = tower.patch_labels(scene, 64, 16)
+    labels = tower.patch_labels(scene, 64, 16)
+    shape, color = labels["shape"], labels["color"]
     c, t = SHAPES.index("circle") + 1, SHAPES.index("triangle") + 1
     assert shape == [c, 0, 0, 0,
                      0, t, I, 0,
@@ -34,28 +35,29 @@ def test_patch_labels_square_scene():
                      0, 0, 0, 0]
     assert color[0] == list(COLORS).index("red") + 1 and color[5] == list(COLORS).index("blue") + 1
     assert [i for i, x in enumerate(color) if x == I] == [6, 9, 10]
+    assert labels["position"][:6] == [1, 0, 0, 0, 0, 2] and labels["vertical"][:6] == [1, 0, 0, 0, 0, 2]  # left/top = 1
 
 
 def test_patch_labels_pad_a_wide_scene_to_a_centred_square():
     # 96x48 -> padded by 24 px above and below -> 64 px input: box [72, 0, 96, 24] -> [48, 16, 64, 32]: patch 7.
     scene = {"width": 96, "height": 48, "objects": [_obj("square", "green", [72, 0, 96, 24])]}
-    shape, _ = tower.patch_labels(scene, 64, 16)
+    shape = tower.patch_labels(scene, 64, 16)["shape"]
     assert [i for i, x in enumerate(shape) if x] == [7] and shape[7] == SHAPES.index("square") + 1
 
 
 def test_two_objects_centred_in_one_patch_carry_no_label():
     scene = {"width": 64, "height": 64, "objects": [_obj("circle", "red", [0, 0, 6, 6]), _obj("square", "blue", [8, 8, 14, 14])]}
-    shape, color = tower.patch_labels(scene, 64, 16)
-    assert shape[0] == color[0] == I and shape[1:] == [0] * 15
+    labels = tower.patch_labels(scene, 64, 16)
+    assert all(lab[0] == I and lab[1:] == [0] * 15 for lab in labels.values())
 
 
 def test_batches_are_seeded_and_match_their_labels():
     a = tower.batch(random.Random("0:tower"), 4, 64, 16, (0.5, 0.5, 0.5))
     b = tower.batch(random.Random("0:tower"), 4, 64, 16, (0.5, 0.5, 0.5))
-    assert all((x == y).all() for x, y in zip(a, b))
-    px, shape, color = a
-    assert px.shape == (4, 3, 64, 64) and shape.shape == color.shape == (4, 16)
-    assert ((shape > 0) == (color > 0)).all() and (shape > 0).any()
+    assert (a[0] == b[0]).all() and all((a[1][k] == b[1][k]).all() for k in tower.ATTRIBUTES)
+    px, labels = a
+    assert px.shape == (4, 3, 64, 64) and all(lab.shape == (4, 16) for lab in labels.values())
+    assert all(((labels["shape"] > 0) == (lab > 0)).all() for lab in labels.values()) and (labels["shape"] > 0).any()
 
 
 def test_tower_phase_trains_the_vision_tower_alone_then_freezes_it():
@@ -95,5 +97,5 @@ def test_aligned_tower_moves_tower_and_projector_toward_frozen_word_embeddings()
     changed = {k.split(".")[1] for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed == {"vision_tower", "multi_modal_projector"}  # the word embeddings stay as they were
     held = stats["heldout"]
-    assert {"aligned_shape", "aligned_color", "aligned_empty"} <= set(held)
+    assert {"aligned_shape", "aligned_color", "aligned_position", "aligned_vertical", "aligned_empty"} <= set(held)
     assert held["aligned_color"] > 1 / 7  # above chance over 7 classes after 40 steps

@@ -17,7 +17,7 @@ weight (vision tower, projector, language model: nothing here is pretrained) wit
 LLaVA-1.5 starts from Vicuna and CLIP; two optional phases stand in for them, in that order:
 - `lm_steps > 0`: the language model trains on text alone (`toy.lm`, the toy Vicuna: short conversations
   with a scene's caption in place of its image); the manifest's `lm` records its held-out text accuracy.
-- `tower_steps > 0`: the vision tower trains alone on per-patch shape and colour labels (`toy.tower`), with
+- `tower_steps > 0`: the vision tower trains alone on per-patch shape, colour and place labels (`toy.tower`), with
   `tower_align` also pointing the projected tokens at the LM's word embeddings; the tower then stays frozen
   during instruction tuning, as CLIP does; the manifest's `tower` records its per-patch accuracy.
 Without them, this 2-layer LM answers existence questions with the label prior (experiments/miniature/README.md).
@@ -58,7 +58,7 @@ from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
 from seva_tasks.toy import gates, lm, mix, tower
 from seva_tasks.toy.heldout import accuracy, ask, heldout, load, majority
-from seva_tasks.toy.scenes import COLORS, SHAPES, random_scene, render
+from seva_tasks.toy.scenes import random_scene, render
 
 SOURCES = (*mix.PREFIXES, "text")  # "text": rows without an image (ShareGPT-like)
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class PretrainConfig(StageConfig):
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
     tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour heads) before instruction tuning, which then keeps the tower frozen; 0: none.")
     tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
-    tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape and colour names (CLIP's text side, LLaVA's stage 1); best after lm_steps.")
+    tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best after lm_steps.")
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
     lm_steps: int = Field(0, ge=0, description="Text-only steps of the language model before instruction tuning (toy.lm, the toy Vicuna); 0: none.")
     lm_batch_size: int = Field(32, ge=1, description="Text conversations per language-model step.")
@@ -291,7 +291,7 @@ def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
     """Vision pretraining (`toy.tower`), then the tower frozen for instruction tuning, as LLaVA-1.5 freezes CLIP."""
     ip = processor.image_processor
     log.info("Vision pretraining: %d steps of %d scenes.", cfg.tower_steps, cfg.tower_batch_size)
-    words = {w: processor.tokenizer(f" {w}", add_special_tokens=False).input_ids for w in (*SHAPES, *COLORS)}
+    words = {w: processor.tokenizer(f" {w}", add_special_tokens=False).input_ids for v in tower.ATTRIBUTES.values() for w in v}
     stats = tower.train(model, steps=cfg.tower_steps, batch_size=cfg.tower_batch_size, learning_rate=cfg.tower_learning_rate,
                         seed=cfg.seed, mean=ip.image_mean, std=ip.image_std, words=words if cfg.tower_align else None,
                         logging_steps=cfg.logging_steps,

@@ -3,13 +3,14 @@
 LLaVA-1.5 starts from a CLIP tower that already tells objects apart, and freezes it. The toy's tower
 is random; learning to see through a one- or two-token answer loss alone is slow and weak (shape at
 chance in the first toy world). So this phase trains the tower on a dense, cheap objective first:
-from the features LLaVA reads (`vision_feature_layer`), linear heads predict, for every patch, the shape
-and the colour of the object centred in it, or "empty" for a patch no object touches. Patches an object
+from the features LLaVA reads (`vision_feature_layer`), linear heads predict, for every patch, the shape,
+the colour and the place (left/right, top/bottom) of the object centred in it, or "empty" for a patch no
+object touches. Patches an object
 touches without being centred in them carry no label (they are neither that object nor empty).
 
-With `words` (the token ids of each shape and colour name), the phase also aligns: every patch's
+With `words` (the token ids of every attribute's words), the phase also aligns: every patch's
 *projected* token (what the language model will read) is scored by cosine against the language model's
-own, frozen, input embeddings of those names (a learned vector stands for "empty"), with the same labels.
+own, frozen, input embeddings of those words (a learned vector stands for "empty"), with the same labels.
 That is CLIP's text side and LLaVA's stage-1 projector alignment in one objective: the image tokens point
 at the words the questions use, which a language model pretrained on text (`toy.lm`) already looks for.
 
@@ -25,48 +26,55 @@ from seva_tasks.llava.images import normalize, square_tensor
 from seva_tasks.toy.scenes import COLORS, SHAPES, random_scene, render
 
 IGNORE = -100
-EMPTY = 0  # class 0 of both heads; shapes and colours are 1.. in SHAPES / COLORS order
+EMPTY = 0  # class 0 of every head; an attribute's values are 1.. in ATTRIBUTES order
+# What a patch's object is labelled with: its shape and colour (CLIP's "what"), and where it is (the words
+# "left"/"right" and "top"/"bottom" the questions use; without them the toy model answers "which side" at chance).
+ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": tuple(COLORS), "position": ("left", "right"),
+                                          "vertical": ("top", "bottom")}
 
 
-def patch_labels(scene: dict, image_size: int, patch_size: int) -> tuple[list[int], list[int]]:
-    """(shape, colour) class per patch, row-major, in the model's square input.
+def patch_labels(scene: dict, image_size: int, patch_size: int) -> dict[str, list[int]]:
+    """{attribute: class per patch, row-major} in the model's square input.
 
     The image is padded to a square (centred) and scaled to `image_size`, as `expand2square` does.
     """
     side = max(scene["width"], scene["height"])
     dx, dy, scale = (side - scene["width"]) / 2, (side - scene["height"]) / 2, image_size / side
     n = image_size // patch_size
-    shape, color = [EMPTY] * (n * n), [EMPTY] * (n * n)
+    labels = {a: [EMPTY] * (n * n) for a in ATTRIBUTES}
     centred: dict[int, list[dict]] = {}
     for o in scene["objects"]:
         x0, y0, x1, y1 = ((v + d) * scale for v, d in zip(o["box"], (dx, dy, dx, dy)))
         for r in range(int(y0 // patch_size), min(n - 1, int((y1 - 1e-6) // patch_size)) + 1):
             for c in range(int(x0 // patch_size), min(n - 1, int((x1 - 1e-6) // patch_size)) + 1):
-                shape[r * n + c] = color[r * n + c] = IGNORE  # touched: not empty
+                for lab in labels.values():
+                    lab[r * n + c] = IGNORE  # touched: not empty
         at = int((y0 + y1) / 2 // patch_size) * n + int((x0 + x1) / 2 // patch_size)
         centred.setdefault(at, []).append(o)
     for at, objs in centred.items():
         if len(objs) == 1:  # two objects centred in one patch: no single right answer
-            shape[at], color[at] = SHAPES.index(objs[0]["shape"]) + 1, list(COLORS).index(objs[0]["color"]) + 1
-    return shape, color
+            for a, values in ATTRIBUTES.items():
+                labels[a][at] = values.index(objs[0][a]) + 1
+    return labels
 
 
 def batch(rng: random.Random, n: int, image_size: int, patch_size: int, mean) -> tuple:
-    """`n` fresh scenes as (uint8 [n, 3, S, S], shape labels [n, P], colour labels [n, P])."""
+    """`n` fresh scenes as (uint8 [n, 3, S, S], {attribute: labels [n, P]})."""
     import torch
 
     scenes = [random_scene(rng, "shapes", "tower.jpg") for _ in range(n)]
     labels = [patch_labels(s, image_size, patch_size) for s in scenes]
     pixels = torch.stack([square_tensor(render(s), image_size, mean) for s in scenes])
-    return pixels, torch.tensor([lab[0] for lab in labels]), torch.tensor([lab[1] for lab in labels])
+    return pixels, {a: torch.tensor([lab[a] for lab in labels]) for a in ATTRIBUTES}
 
 
 ALIGN_SCALE = 10.0  # cosine -> logit temperature of the aligned heads (CLIP learns its own; fixed here)
 
 
 class Heads:
-    """The vision tower with per-patch shape and colour heads on LLaVA's feature layer, and with `words`
-    ({name: token ids}) the aligned heads on the projected tokens: (shape, colour[, aligned shape, aligned colour])."""
+    """The vision tower with a per-patch linear head per attribute on LLaVA's feature layer, and with
+    `words` ({name: token ids}) the aligned heads on the projected tokens. Calls return {head: logits},
+    heads named by attribute, and `aligned_<attribute>`."""
 
     def __init__(self, model, words: dict[str, list[int]] | None = None):
         import torch
@@ -74,30 +82,29 @@ class Heads:
         self.tower = model.model.vision_tower
         self.layer = model.config.vision_feature_layer
         hidden = model.config.vision_config.hidden_size
-        self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
-        self.color = torch.nn.Linear(hidden, len(COLORS) + 1)
+        self.linear = {a: torch.nn.Linear(hidden, len(v) + 1) for a, v in ATTRIBUTES.items()}
         self.projector = model.model.multi_modal_projector if words else None
         if words:
             emb = model.get_input_embeddings().weight.detach()  # frozen: the words keep their meaning
-            self.shape_words = torch.stack([emb[words[w]].mean(0) for w in SHAPES])
-            self.color_words = torch.stack([emb[words[w]].mean(0) for w in COLORS])
-            self.empty = torch.nn.Parameter(0.02 * torch.randn(2, emb.shape[1]))
+            self.words = {a: torch.stack([emb[words[w]].mean(0) for w in v]) for a, v in ATTRIBUTES.items()}
+            self.empty = torch.nn.Parameter(0.02 * torch.randn(len(ATTRIBUTES), emb.shape[1]))
 
     def parameters(self) -> list:
         aligned = [*self.projector.parameters(), self.empty] if self.projector else []
-        return [*self.tower.parameters(), *self.shape.parameters(), *self.color.parameters(), *aligned]
+        return [*self.tower.parameters(), *(p for h in self.linear.values() for p in h.parameters()), *aligned]
 
-    def __call__(self, pixel_values) -> tuple:
+    def __call__(self, pixel_values) -> dict:
         import torch
         import torch.nn.functional as F
 
         feats = self.tower(pixel_values, output_hidden_states=True).hidden_states[self.layer][:, 1:]  # CLS dropped
-        out = (self.shape(feats), self.color(feats))
+        out = {a: h(feats) for a, h in self.linear.items()}
         if self.projector is None:
             return out
         tokens = F.normalize(self.projector(feats), dim=-1)
-        classes = [torch.cat([self.empty[i:i + 1], w]) for i, w in enumerate((self.shape_words, self.color_words))]
-        return out + tuple(ALIGN_SCALE * tokens @ F.normalize(c, dim=-1).T for c in classes)
+        for i, (a, w) in enumerate(self.words.items()):
+            out[f"aligned_{a}"] = ALIGN_SCALE * tokens @ F.normalize(torch.cat([self.empty[i:i + 1], w]), dim=-1).T
+        return out
 
 
 def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int, mean, std,
@@ -115,10 +122,10 @@ def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=steps // 20, num_training_steps=steps)
     rng, history = random.Random(f"{seed}:tower"), []
     for step in range(1, steps + 1):
-        px, shape, color = batch(rng, batch_size, cfg.image_size, cfg.patch_size, mean)
+        px, labels = batch(rng, batch_size, cfg.image_size, cfg.patch_size, mean)
         logits = heads(normalize(px, mean, std))
-        loss = sum(F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-                   for lg, y in zip(logits, (shape, color, shape, color)))
+        loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[h.removeprefix("aligned_")].flatten(), ignore_index=IGNORE)
+                   for h, lg in logits.items())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
@@ -133,20 +140,20 @@ def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int
 
 
 def accuracy(heads: Heads, n: int, seed: int, image_size: int, patch_size: int, mean, std) -> dict[str, float]:
-    """Per-patch accuracy on `n` fresh scenes: shape and colour where an object is centred, and how
-    often an empty patch is called empty (a tower that sees phantoms fails this one)."""
+    """Per-patch accuracy on `n` fresh scenes: each head's where an object is centred, and how often an
+    empty patch is called empty by the shape heads (a tower that sees phantoms fails this one)."""
     import torch
 
     if not n:
         return {}
-    px, shape, color = batch(random.Random(f"{seed}:tower-heldout"), n, image_size, patch_size, mean)
+    px, labels = batch(random.Random(f"{seed}:tower-heldout"), n, image_size, patch_size, mean)
     with torch.inference_mode():
         logits = heads(normalize(px, mean, std))
-    obj, empty = shape > EMPTY, shape == EMPTY
+    obj, empty = labels["shape"] > EMPTY, labels["shape"] == EMPTY
     out = {"objects": int(obj.sum())}
-    for prefix, at in (("", 0), ("aligned_", 2))[:len(logits) // 2]:
-        ps, pc = logits[at].argmax(-1), logits[at + 1].argmax(-1)
-        out.update({f"{prefix}shape": round((ps[obj] == shape[obj]).float().mean().item(), 4),
-                    f"{prefix}color": round((pc[obj] == color[obj]).float().mean().item(), 4),
-                    f"{prefix}empty": round((ps[empty] == EMPTY).float().mean().item(), 4)})
+    for h, lg in logits.items():
+        pred, gold = lg.argmax(-1), labels[h.removeprefix("aligned_")]
+        out[h] = round((pred[obj] == gold[obj]).float().mean().item(), 4)
+        if h.endswith("shape"):
+            out[h.replace("shape", "empty")] = round((pred[empty] == EMPTY).float().mean().item(), 4)
     return out

@@ -21,6 +21,9 @@ INKS = {"black": (20, 20, 20), "white": (250, 250, 250)}
 PALETTE = {**COLORS, **BACKGROUNDS, **INKS}
 
 SMALL_SHARE = 0.2  # objects drawn small
+# How far an object's fill is from the background toward its colour (1: the colour itself). Lower contrast
+# leaves shapes plain on a clean image and lets SeVa's noise step blur their edges (experiments/miniature).
+CONTRAST = 1.0
 
 # OCR-VQA's genre names (Amazon categories). A cover shows its genre by its colour and the icon in its middle:
 # each genre has its own (colour, icon) pair, so a model that sees colour and shape can read the genre.
@@ -159,8 +162,10 @@ def render(scene: dict) -> Image.Image:
         draw.rectangle(scene["sign"]["box"], fill=COLORS[scene["sign"]["color"]], outline=INKS["black"])
     if scene["book"]:
         _draw_shape(draw, scene["book"]["icon"], scene["book"]["icon_box"], INKS[scene["book"]["ink"]])
+    ground = PALETTE[scene["background"]]
     for obj in scene["objects"]:
-        _draw_shape(draw, obj["shape"], obj["box"], COLORS[obj["color"]])
+        fill = tuple(round(g + CONTRAST * (c - g)) for c, g in zip(COLORS[obj["color"]], ground))
+        _draw_shape(draw, obj["shape"], obj["box"], fill)
     for t in scene["texts"]:
         x0, y0, x1, y1 = t["box"]
         draw.multiline_text(((x0 + x1) / 2, (y0 + y1) / 2), t["text"], font=_font(t["size"]),

@@ -23,16 +23,19 @@ def _obj(shape, color, box, position="left", vertical="top"):
 def test_patch_labels_square_scene():
     # 96 px scene -> 64 px input (scale 2/3), 16 px patches: a 4x4 grid.
     scene = {"width": 96, "height": 96, "objects": [
-        _obj("circle", "red", [0, 0, 24, 24]),       # -> [0, 0, 16, 16]: patch 0 only
-        _obj("triangle", "blue", [30, 30, 54, 54], "right", "bottom"),  # -> [20, 20, 36, 36]: centre (28, 28) in patch 5; touches 6, 9, 10
+        _obj("circle", "red", [0, 0, 24, 24]),  # -> [0, 0, 16, 16]: patch 0 only
+        # -> [20, 20, 36, 36]: covers 12x12 px of patch 5 (0.56), 4x12 of 6 and 9 (0.19: grazed), 4x4 of 10
+        _obj("triangle", "blue", [30, 30, 54, 54], "right", "bottom"),
+        # -> [40, 40, 64, 64]: covers 8x8 px of patch 10 (0.25: labelled, were it alone), 11, 14 (0.5) and 15 (1.0)
+        _obj("square", "green", [60, 60, 96, 96], "right", "bottom"),
     ]}
     labels = tower.patch_labels(scene, 64, 16)
     shape, color = labels["shape"], labels["color"]
-    c, t = SHAPES.index("circle") + 1, SHAPES.index("triangle") + 1
+    c, t, s = (SHAPES.index(x) + 1 for x in ("circle", "triangle", "square"))
     assert shape == [c, 0, 0, 0,
                      0, t, I, 0,
-                     0, I, I, 0,
-                     0, 0, 0, 0]
+                     0, I, I, s,  # 10: touched by two objects
+                     0, 0, s, s]
     assert color[0] == list(COLORS).index("red") + 1 and color[5] == list(COLORS).index("blue") + 1
     assert [i for i, x in enumerate(color) if x == I] == [6, 9, 10]
     assert labels["position"][:6] == [1, 0, 0, 0, 0, 2] and labels["vertical"][:6] == [1, 0, 0, 0, 0, 2]  # left/top = 1
@@ -45,7 +48,7 @@ def test_patch_labels_pad_a_wide_scene_to_a_centred_square():
     assert [i for i, x in enumerate(shape) if x] == [7] and shape[7] == SHAPES.index("square") + 1
 
 
-def test_two_objects_centred_in_one_patch_carry_no_label():
+def test_two_objects_in_one_patch_carry_no_label():
     scene = {"width": 64, "height": 64, "objects": [_obj("circle", "red", [0, 0, 6, 6]), _obj("square", "blue", [8, 8, 14, 14])]}
     labels = tower.patch_labels(scene, 64, 16)
     assert all(lab[0] == I and lab[1:] == [0] * 15 for lab in labels.values())

@@ -4,9 +4,8 @@ LLaVA-1.5 starts from a CLIP tower that already tells objects apart, and freezes
 is random; learning to see through a one- or two-token answer loss alone is slow and weak (shape at
 chance in the first toy world). So this phase trains the tower on a dense, cheap objective first:
 from the features LLaVA reads (`vision_feature_layer`), linear heads predict, for every patch, the shape,
-the colour and the place (left/right, top/bottom) of the object centred in it, or "empty" for a patch no
-object touches. Patches an object
-touches without being centred in them carry no label (they are neither that object nor empty).
+the colour and the place (left/right, top/bottom) of the object that covers it, or "empty" for a patch no
+object touches (`patch_labels`).
 
 With `words` (the token ids of every attribute's words), the phase also aligns: every patch's
 *projected* token (what the language model will read) is scored by cosine against the language model's
@@ -33,28 +32,33 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": tuple(COLORS
                                           "vertical": ("top", "bottom")}
 
 
+COVER = 0.25  # share of a patch an object's box must cover for the patch to be labelled with it
+
+
 def patch_labels(scene: dict, image_size: int, patch_size: int) -> dict[str, list[int]]:
     """{attribute: class per patch, row-major} in the model's square input.
 
+    Every patch an object covers (its box: at least `COVER` of the patch) is labelled with that object, so
+    all of an object's image tokens say what it is and where (the tower's attention sees the whole object);
+    a patch it only grazes, or that two objects touch, carries no label; a patch no object touches is empty.
     The image is padded to a square (centred) and scaled to `image_size`, as `expand2square` does.
     """
     side = max(scene["width"], scene["height"])
     dx, dy, scale = (side - scene["width"]) / 2, (side - scene["height"]) / 2, image_size / side
     n = image_size // patch_size
     labels = {a: [EMPTY] * (n * n) for a in ATTRIBUTES}
-    centred: dict[int, list[dict]] = {}
+    owners: dict[int, list[tuple[dict, float]]] = {}
     for o in scene["objects"]:
         x0, y0, x1, y1 = ((v + d) * scale for v, d in zip(o["box"], (dx, dy, dx, dy)))
         for r in range(int(y0 // patch_size), min(n - 1, int((y1 - 1e-6) // patch_size)) + 1):
             for c in range(int(x0 // patch_size), min(n - 1, int((x1 - 1e-6) // patch_size)) + 1):
-                for lab in labels.values():
-                    lab[r * n + c] = IGNORE  # touched: not empty
-        at = int((y0 + y1) / 2 // patch_size) * n + int((x0 + x1) / 2 // patch_size)
-        centred.setdefault(at, []).append(o)
-    for at, objs in centred.items():
-        if len(objs) == 1:  # two objects centred in one patch: no single right answer
-            for a, values in ATTRIBUTES.items():
-                labels[a][at] = values.index(objs[0][a]) + 1
+                w = min(x1, (c + 1) * patch_size) - max(x0, c * patch_size)
+                h = min(y1, (r + 1) * patch_size) - max(y0, r * patch_size)
+                owners.setdefault(r * n + c, []).append((o, w * h / patch_size**2))
+    for at, objs in owners.items():
+        (o, cover), alone = objs[0], len(objs) == 1
+        for a, values in ATTRIBUTES.items():
+            labels[a][at] = values.index(o[a]) + 1 if alone and cover >= COVER else IGNORE
     return labels
 
 
@@ -140,7 +144,7 @@ def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int
 
 
 def accuracy(heads: Heads, n: int, seed: int, image_size: int, patch_size: int, mean, std) -> dict[str, float]:
-    """Per-patch accuracy on `n` fresh scenes: each head's where an object is centred, and how often an
+    """Per-patch accuracy on `n` fresh scenes: each head's on patches an object covers, and how often an
     empty patch is called empty by the shape heads (a tower that sees phantoms fails this one)."""
     import torch
 

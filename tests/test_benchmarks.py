@@ -390,3 +390,15 @@ def test_toy_benchmarks_load_and_score_perfect_answers(tmp_path):
     assert m["f1"] == 100.0 and m["missing"] == 0
     assert (dirs["mme"] / mme.RELEASE / "OCR" / "questions_answers_YN").is_dir()
     assert seed.LETTERS and gqa.QUESTIONS and vizwiz.UNANSWERABLE  # modules export their constants
+
+
+def test_toy_benchmarks_scale_to_see_a_point(tmp_path):
+    """At the sizes the experiment uses (toy.bench_shapes=520 ...), POPE and GQA reach the issue's floors."""
+    from seva_tasks.toy import ToyConfig
+
+    big = ToyConfig(bench_shapes=520, bench_signs=64, bench_books=32)
+    dirs = write_toy_world(tmp_path, 0, big.bench_shapes, big.bench_signs, big.bench_books)
+    pq = load_questions("pope", dirs["pope"])
+    assert len(pq) >= 3000 and {q.category for q in pq} == set(pope.SPLITS)
+    assert len(load_questions("gqa", dirs["gqa"])) >= 400
+    assert len(load_questions("mme", dirs["mme"])) >= 600

@@ -86,7 +86,7 @@ class PretrainConfig(StageConfig):
     max_length: int = Field(512, ge=32, description="Conversations longer than this many tokens (image tokens included) are dropped and counted.")
     seed: int = Field(0, description="Seeds the extra scenes, data order and the held-out questions' scenes.")
     threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
-    heldout: int = Field(240, ge=0, description="Held-out questions asked after training (split evenly over the question types); 0: skip.")
+    heldout: int = Field(640, ge=0, description="Held-out questions asked after training (split evenly over the 8 question types: 80 each, SE <= 0.06 a kind); 0: skip.")
     logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
     gate_pope: int = Field(300, ge=0, description="Held-out POPE-form questions (half about a present shape) for the gates; 0 (or heldout 0): no gates.")
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")

@@ -54,13 +54,27 @@ def test_two_objects_in_one_patch_carry_no_label():
     assert all(lab[0] == I and lab[1:] == [0] * 15 for lab in labels.values())
 
 
+def test_a_book_cover_is_labelled_with_its_colour_and_its_icon():
+    # 80x120 -> padded by 20 px left and right -> 64 px input (scale 0.533): the cover spans every patch;
+    # icon [22, 46, 58, 82] -> [22.4, 24.5, 41.6, 43.7] covers 28-44 % of patches 5, 6, 9 and 10.
+    book = toy.random_scene(random.Random(5), "book", "x.jpg")
+    labels = tower.patch_labels(book, 64, 16)
+    icon, cover = SHAPES.index(book["book"]["icon"]) + 1, list(COLORS).index(book["background"]) + 1
+    assert labels["shape"] == [icon if i in (5, 6, 9, 10) else 0 for i in range(16)]
+    assert labels["color"] == [I if i in (5, 6, 9, 10) else cover for i in range(16)]
+    assert set(labels["position"]) == set(labels["vertical"]) == {I}
+
+
 def test_batches_are_seeded_and_match_their_labels():
     a = tower.batch(random.Random("0:tower"), 4, 64, 16, (0.5, 0.5, 0.5))
     b = tower.batch(random.Random("0:tower"), 4, 64, 16, (0.5, 0.5, 0.5))
     assert (a[0] == b[0]).all() and all((a[1][k] == b[1][k]).all() for k in tower.ATTRIBUTES)
-    px, labels = a
-    assert px.shape == (4, 3, 64, 64) and all(lab.shape == (4, 16) for lab in labels.values())
-    assert all(((labels["shape"] > 0) == (lab > 0)).all() for lab in labels.values()) and (labels["shape"] > 0).any()
+    px, labels = tower.batch(random.Random("0:tower"), 64, 64, 16, (0.5, 0.5, 0.5))
+    assert px.shape == (64, 3, 64, 64) and all(lab.shape == (64, 16) for lab in labels.values())
+    books = (labels["position"] == I).all(1)  # a cover has no place labels; a shape scene has empty patches
+    assert 0 < books.sum() < 64 * 0.4  # BOOK_SHARE 0.2
+    shapes = labels["shape"][~books]
+    assert all(((shapes > 0) == (lab[~books] > 0)).all() for lab in labels.values()) and (shapes > 0).any()
 
 
 def test_tower_phase_trains_the_vision_tower_alone_then_freezes_it():

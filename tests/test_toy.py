@@ -184,6 +184,16 @@ def test_shape_scenes_put_large_objects_in_a_2x2_grid():
         assert (cx < half) == (o["position"] == "left") and (cy < half) == (o["vertical"] == "top")
 
 
+def test_objects_are_drawn_at_the_calibrated_contrast():
+    from seva_tasks.toy.scenes import BACKGROUNDS, CONTRAST
+
+    scene = {"width": 64, "height": 64, "background": "white", "book": None, "sign": None, "texts": [],
+             "objects": [{"shape": "square", "color": "red", "box": [8, 8, 40, 40]}]}
+    fill = toy.render(scene).getpixel((24, 24))
+    assert fill == tuple(round(b + CONTRAST * (c - b)) for c, b in zip(COLORS["red"], BACKGROUNDS["white"]))
+    assert toy.render(scene).getpixel((50, 50)) == BACKGROUNDS["white"] and 0.3 <= CONTRAST < 1
+
+
 def test_a_cover_shows_its_genre_by_colour_and_icon():
     from seva_tasks.toy.scenes import GENRE_ICONS, GENRES
 

@@ -23,9 +23,9 @@ PALETTE = {**COLORS, **BACKGROUNDS, **INKS}
 SMALL_SHARE = 0.2  # objects drawn small
 # How far an object's fill is from the background toward its colour (1: the colour itself). Calibrated so
 # that SeVa's noise step (t=500: 0.863·x0 + 0.505·ε in CLIP-normalized units, ~35/255 a pixel) blurs shapes
-# that a clean image shows plainly: objects then differ from the background by ~40-85/255 a channel. Measured
-# (experiments/miniature, w5-w9): at 1.0 the held-out drop is 0.08, at 0.5 0.12, at 0.4 0.16, at 0.3 0.17, where
-# the tower no longer learns shape well (0.77 per patch).
+# that a clean image shows plainly: objects differ from the background by 52-88/255 in their strongest channel.
+# Measured (experiments/miniature, w5-w9): the held-out drop is 0.08 at 1.0, 0.12 at 0.5, 0.16 at 0.4 and 0.17
+# at 0.3, where the tower no longer learns shape well (0.77 per patch).
 CONTRAST = 0.4
 
 # OCR-VQA's genre names (Amazon categories). A cover shows its genre by its colour and the icon in its middle:

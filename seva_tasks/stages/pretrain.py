@@ -90,7 +90,7 @@ class PretrainConfig(StageConfig):
     logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
     gate_pope: int = Field(300, ge=0, description="Held-out POPE-form questions (half about a present shape) for the gates; 0 (or heldout 0): no gates.")
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
-    tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour heads) before instruction tuning, which then keeps the tower frozen; 0: none.")
+    tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour/place heads) before instruction tuning, which then keeps the tower frozen; 0: none.")
     tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
     tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best after lm_steps.")
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")

@@ -178,10 +178,64 @@ def test_shape_scenes_put_large_objects_in_a_2x2_grid():
     sides = [(o["box"][2] - o["box"][0]) * 64 / s["width"] for s, o in objects]
     large = [x for x in sides if x >= 16]
     assert min(large) >= 16 and max(sides) <= 28 and min(sides) >= 7
-    assert 0.12 < 1 - len(large) / len(sides) < 0.28  # SMALL_SHARE = 0.2 small ones
+    from seva_tasks.toy.scenes import SMALL_SHARE
+
+    assert abs(1 - len(large) / len(sides) - SMALL_SHARE) < 0.08  # the small ones
     for s, o in objects:  # each object inside its own quadrant, named by its position
         cx, cy, half = (o["box"][0] + o["box"][2]) / 2, (o["box"][1] + o["box"][3]) / 2, s["width"] / 2
         assert (cx < half) == (o["position"] == "left") and (cy < half) == (o["vertical"] == "top")
+
+
+def test_shapes_co_occur_in_families_so_that_pope_adversarial_asks_the_partner(tmp_path):
+    from seva_tasks.benchmarks import pope
+    from seva_tasks.toy.scenes import FAMILIES, FAMILY_SHARE
+
+    rng = random.Random(4)
+    drawn = [toy.random_scene(rng, "shapes", "x.jpg") for _ in range(2000)]
+    partner = {a: b for f in FAMILIES for a, b in (f, f[::-1])}
+    with_circle = [{o["shape"] for o in s["objects"]} for s in drawn if any(o["shape"] == "circle" for o in s["objects"])]
+    p_partner = sum(partner["circle"] in names for names in with_circle) / len(with_circle)
+    p_other = sum("triangle" in names for names in with_circle) / len(with_circle)
+    assert p_partner > 2 * p_other, (p_partner, p_other)  # a circle brings squares, not triangles
+    shapes = [o["shape"] for s in drawn for o in s["objects"]]
+    assert {x: shapes.count(x) / len(shapes) for x in SHAPES} == pytest.approx(dict.fromkeys(SHAPES, 0.25), abs=0.03)
+    # in a scene of two, both shapes come from one family with p = FAMILY_SHARE^2 + (1 - FAMILY_SHARE^2) / 2
+    pairs = [{o["shape"] for o in s["objects"]} for s in drawn if len(s["objects"]) == 2]
+    same = sum(any(n <= set(f) for f in FAMILIES) for n in pairs) / len(pairs)
+    assert same == pytest.approx(FAMILY_SHARE**2 + (1 - FAMILY_SHARE**2) / 2, abs=0.06), same
+
+    # POPE's adversarial split asks about the absent partner whenever one shape of a family is there alone
+    scenes = drawn[:60]
+    pope.write_toy(tmp_path, scenes, 0, toy.render)
+    labels = [json.loads(x) for x in (tmp_path / "coco" / "coco_pope_adversarial.json").read_text().splitlines()]
+    asked = iter([r for r in labels if r["label"] == "no"])
+    hits = total = 0
+    for s in scenes:
+        names = {o["shape"] for o in s["objects"]}
+        if len(names) == 4:
+            continue
+        neg = next(asked)["text"].removeprefix("Is there a ").removesuffix(" in the image?")
+        lonely = [x for x in names if partner[x] not in names]
+        if lonely:
+            total += 1
+            hits += neg in {partner[x] for x in lonely}
+    assert total > 10 and hits == total, (hits, total)
+
+
+def test_heldout_pope_negatives_ask_the_partner_a_third_of_the_time():
+    from seva_tasks.toy.heldout import heldout
+    from seva_tasks.toy.scenes import FAMILIES
+
+    partner = {a: b for f in FAMILIES for a, b in (f, f[::-1])}
+    items = heldout(0, 900, kinds=("pope",))
+    negs = [it for it in items if it["answer"] == "no"]
+    assert 0.4 < len(negs) / len(items) < 0.6
+    names = [{o["shape"] for o in it["scene"]["objects"]} for it in negs]
+    asked = [it["question"].split("\n")[0].removeprefix("Is there a ").removesuffix(" in the image?") for it in negs]
+    could = [(n, a) for n, a in zip(names, asked) if any(partner[x] not in n for x in n)]
+    share = sum(a in {partner[x] for x in n} for n, a in could) / len(could)
+    assert all(a not in n for n, a in zip(names, asked))  # "no" is true
+    assert 0.45 < share < 0.8, share  # a third adversarial, plus random draws that hit a partner
 
 
 def test_objects_are_drawn_at_the_calibrated_contrast():

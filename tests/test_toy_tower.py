@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported:
 
 import random
 
+import pytest
+
 from seva_tasks import toy
 from seva_tasks.toy import ToyConfig, tower
 from seva_tasks.toy.scenes import COLORS, SHAPES
@@ -87,16 +89,17 @@ def test_tower_phase_trains_the_vision_tower_alone_then_freezes_it():
     base = toy.model_dir(ToyConfig())
     model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = pretrain.PretrainConfig(tower_steps=60, tower_batch_size=32, logging_steps=20)
+    cfg = pretrain.PretrainConfig(tower_steps=60, tower_batch_size=32, logging_steps=5)
     stats = pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith("model.vision_tower.") for k in changed), sorted(changed)[:5]
     assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
     assert any(p.requires_grad for p in model.model.multi_modal_projector.parameters())
     losses = [h["loss"] for h in stats["history"]]
-    assert [h["step"] for h in stats["history"]] == [20, 40, 60] and losses[-1] < losses[0]
+    assert [h["step"] for h in stats["history"]] == list(range(5, 61, 5))
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.3  # one batch's loss is noisy (measured 5.01 -> 3.90-4.50)
     held = stats["heldout"]
-    assert held["objects"] > 500 and held["color"] > 0.3  # 7 classes; colour is learned first (measured 0.95 at 60 steps, shape 0.37)
+    assert held["objects"] > 500 and held["color"] > 0.25  # 7 classes; colour is learned first (measured 0.34 at 60 steps, shape 0.08)
 
 
 def test_aligned_tower_moves_tower_and_projector_toward_frozen_word_embeddings():
@@ -116,3 +119,22 @@ def test_aligned_tower_moves_tower_and_projector_toward_frozen_word_embeddings()
     held = stats["heldout"]
     assert {"aligned_shape", "aligned_color", "aligned_position", "aligned_vertical", "aligned_empty"} <= set(held)
     assert held["aligned_color"] > 1 / 7  # above chance over 7 classes after 40 steps
+    assert any(p.requires_grad for p in model.model.multi_modal_projector.parameters())  # LLaVA's stage 2 trains it
+
+
+def test_freeze_projector_keeps_the_aligned_projector_for_instruction_tuning():
+    import torch
+    from pydantic import ValidationError
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from seva_tasks.stages import pretrain
+
+    toy.ensure(ToyConfig())
+    base = toy.model_dir(ToyConfig())
+    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    cfg = pretrain.PretrainConfig(tower_steps=2, tower_batch_size=4, tower_align=True, freeze_projector=True)
+    pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
+    assert not any(p.requires_grad for p in model.model.multi_modal_projector.parameters())
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+    with pytest.raises(ValidationError, match="needs tower_steps > 0 and tower_align: true"):
+        pretrain.PretrainConfig(tower_steps=100, freeze_projector=True)

@@ -19,7 +19,8 @@ LLaVA-1.5 starts from Vicuna and CLIP; two optional phases stand in for them, in
   with a scene's caption in place of its image); the manifest's `lm` records its held-out text accuracy.
 - `tower_steps > 0`: the vision tower trains alone on per-patch shape, colour and place labels (`toy.tower`), with
   `tower_align` also pointing the projected tokens at the LM's word embeddings; the tower then stays frozen
-  during instruction tuning, as CLIP does; the manifest's `tower` records its per-patch accuracy.
+  during instruction tuning, as CLIP does (`freeze_projector`: the aligned projector too); the manifest's `tower` records
+  its per-patch accuracy.
 Without them, this 2-layer LM answers existence questions with the label prior (experiments/miniature/README.md).
 
 Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the front of the first human
@@ -49,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from seva_tasks import progress
 from seva_tasks.base import StageConfig, resolve
@@ -94,6 +95,7 @@ class PretrainConfig(StageConfig):
     tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
     tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best after lm_steps.")
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
+    freeze_projector: bool = Field(False, description="With tower_align: keep the aligned projector frozen during instruction tuning too, so the image tokens keep pointing at the words (w/o: 'which side' falls to chance, experiments/miniature y7 vs y10).")
     lm_steps: int = Field(0, ge=0, description="Text-only steps of the language model before instruction tuning (toy.lm, the toy Vicuna); 0: none.")
     lm_batch_size: int = Field(32, ge=1, description="Text conversations per language-model step.")
     lm_learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate of the language-model phase (on the toy world, 3,000 steps at 1e-3 learn; 1,500 at 1e-4 stay near the prior).")
@@ -105,6 +107,14 @@ class PretrainConfig(StageConfig):
         if bad:
             raise ValueError(f"unknown source(s) {bad}. Got {list(v)}; use some of {list(SOURCES)}.")
         return v
+
+    @model_validator(mode="after")
+    def _frozen_projector_is_aligned(self) -> "PretrainConfig":
+        if self.freeze_projector and not (self.tower_align and self.tower_steps):
+            raise ValueError("pretrain.freeze_projector keeps the projector the aligned tower phase trained; it needs "
+                             f"tower_steps > 0 and tower_align: true (got tower_steps={self.tower_steps}, "
+                             f"tower_align={self.tower_align}).")
+        return self
 
     @field_validator("extra")
     @classmethod
@@ -297,6 +307,8 @@ def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
                         logging_steps=cfg.logging_steps,
                         on_step=lambda i, n: progress.report("pretrain (tower)", i, n))
     model.model.vision_tower.requires_grad_(False)
+    if cfg.freeze_projector:  # else LLaVA's stage 2 trains it on, and the image tokens drift from the words
+        model.model.multi_modal_projector.requires_grad_(False)
     return {"steps": cfg.tower_steps, "final_loss": stats["history"][-1]["loss"], **stats}
 
 

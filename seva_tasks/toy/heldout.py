@@ -13,7 +13,7 @@ from pathlib import Path
 
 from seva_tasks.llava.prompts import OPTION_LETTER, SHORT_ANSWER
 from seva_tasks.toy.model import prompt
-from seva_tasks.toy.scenes import COLORS, SHAPES, random_scene, render
+from seva_tasks.toy.scenes import COLORS, FAMILIES, SHAPES, random_scene, render
 
 HELDOUT_KINDS = ("color", "shape", "count", "side", "exists", "pope", "choice", "genre")
 
@@ -62,7 +62,10 @@ def _question(rng: random.Random, kind: str, scene: dict) -> tuple[str, str] | N
         absent = [s for s in SHAPES if not any(x["shape"] == s for x in objs)]
         if not absent:
             return None
-        s = o["shape"] if rng.random() < 0.5 else rng.choice(absent)
+        # a third of the negatives as POPE's adversarial split asks: the absent partner of a present shape
+        partners = [s for s in absent if any(s in f and x["shape"] in f for f in FAMILIES for x in objs)]
+        negatives = partners if partners and rng.random() < 1 / 3 else absent
+        s = o["shape"] if rng.random() < 0.5 else rng.choice(negatives)
         return f"Is there a {s} in the image?", "no" if s in absent else "yes"
     if kind == "choice" and same_shape == 1:  # A-OKVQA's form; the answer is a letter
         options = [o["color"], *rng.sample([c for c in COLORS if c != o["color"]], 3)]

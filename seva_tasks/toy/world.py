@@ -61,8 +61,8 @@ class ToyConfig(StageConfig):
     vision_hidden_size: int | None = Field(None, ge=32, description="Width of the vision tower alone (default: hidden_size); a multiple of 32.")
     vocab_size: int = Field(1280, ge=512, description="Upper bound of the vocabulary (256 byte tokens included) trained on the toy corpus.")
     init_std: float = Field(0.02, gt=0, description="Std of the random weights (transformers' initializer_range).")
-    # The benchmarks' held-out scenes. The defaults keep `make run` quick (POPE 141 questions, GQA 40); 520/64/32
-    # give POPE 3,264 and GQA 987 (tests/test_benchmarks.py checks the floors: POPE >= 3,000, GQA >= 400, MME >= 600).
+    # The benchmarks' held-out scenes. The defaults keep `make run` quick (POPE 162 questions, GQA 41); 520/64/32
+    # give POPE 3,354 and GQA 898 (tests/test_benchmarks.py checks the floors: POPE >= 3,000, GQA >= 400, MME >= 600).
     bench_shapes: int = Field(24, ge=1, description="Held-out shape scenes for the benchmarks (POPE ~6 questions each, GQA ~2).")
     bench_signs: int = Field(8, ge=1, description="Held-out signs for the benchmarks (TextVQA, VizWiz, MME OCR, ...).")
     bench_books: int = Field(4, ge=1, description="Held-out book covers for the benchmarks.")

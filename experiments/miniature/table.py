@@ -1,0 +1,32 @@
+"""Print this log's table rows from probe outputs, so that no number in the log is typed by hand.
+
+    python experiments/miniature/table.py f1 "families 0.8" f2 "families 0.9" ...
+
+Columns: clean all / shape / colour / exists / side / choice / genre | POPE yes / F1 | noised POPE yes / F1 |
+noised all (drop) | tower shape | gates passed | minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RUNS = Path(__file__).parent / "runs"
+KINDS = ("all", "shape", "color", "exists", "side", "choice", "genre")
+
+
+def row(name: str, change: str) -> str:
+    s = json.loads((RUNS / f"{name}.json").read_text())["stats"]
+    acc, noised, pope = s["heldout"]["accuracy"], s["heldout"]["noised"], s["pope"]
+    clean = " / ".join(f"{acc[k]:.3f}" if k == "all" else f"{acc[k]:.2f}" for k in KINDS)
+    gates = sum(g["passed"] for g in s["gates"].values())
+    return (f"| {name} | {change} | {clean} | {pope['clean']['yes_ratio']:.2f} / {pope['clean']['f1']:.2f} | "
+            f"{pope['noised']['yes_ratio']:.2f} / {pope['noised']['f1']:.2f} | {noised['all']:.3f} "
+            f"({s['gates']['noise_drop']['value']:.2f}) | {s['tower']['heldout']['aligned_shape']:.2f} | {gates} | "
+            f"{s['seconds']['total'] / 60:.0f} |")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    print("\n".join(row(n, c) for n, c in zip(args[::2], args[1::2])))

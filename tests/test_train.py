@@ -394,7 +394,7 @@ def test_each_loss_of_the_family_is_the_one_trl_computes(tmp_path, model_dir):
     """Every loss runs end to end; at step 1 the policy is the reference (LoRA B = 0), so every margin is 0
     and TRL's first logged loss has a closed form: sigmoid and robust ln 2, IPO (0 - 1/(2β))² = 25 at β = 0.1,
     bco_pair 2 ln 2, and a weighted sum adds each part (the 'sft' part is the sft-only run's first loss).
-    After six steps the chosen answers of the training pairs are preferred (rewards/accuracies > 0.5)."""
+    After six steps every preference loss prefers the training pairs' chosen answers (rewards/accuracies > 0.5)."""
     filt = _write_pairs(tmp_path / "filter", _rows())
     first, accuracy = {}, {}
     cases = {"sft": {"loss_type": "sft"}, "sigmoid": {}, "ipo": {"loss_type": "ipo"},
@@ -413,7 +413,9 @@ def test_each_loss_of_the_family_is_the_one_trl_computes(tmp_path, model_dir):
     for name, value in expected.items():
         assert first[name] == pytest.approx(value, rel=1e-3), (name, first)
     assert first["sft"] > 1.0  # a mean token NLL, not a DPO loss at a zero margin
-    assert all(a > 0.5 for a in accuracy.values()), accuracy
+    # every preference loss prefers the chosen answers; SFT alone need not: each rejected answer is another
+    # pair's chosen one, which it trains up too (measured 0.5 on the current world)
+    assert all(a > 0.5 for name, a in accuracy.items() if name != "sft"), accuracy
 
 
 def test_loss_settings_are_checked_at_config_load():

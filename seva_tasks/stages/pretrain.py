@@ -306,9 +306,7 @@ def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
                         seed=cfg.seed, mean=ip.image_mean, std=ip.image_std, words=words if cfg.tower_align else None,
                         logging_steps=cfg.logging_steps,
                         on_step=lambda i, n: progress.report("pretrain (tower)", i, n))
-    model.model.vision_tower.requires_grad_(False)
-    if cfg.freeze_projector:  # else LLaVA's stage 2 trains it on, and the image tokens drift from the words
-        model.model.multi_modal_projector.requires_grad_(False)
+    tower.freeze(model, projector=cfg.freeze_projector)
     return {"steps": cfg.tower_steps, "final_loss": stats["history"][-1]["loss"], **stats}
 
 

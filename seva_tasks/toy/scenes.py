@@ -20,9 +20,9 @@ BACKGROUNDS = {"white": (250, 250, 250), "gray": (190, 190, 195), "beige": (235,
 INKS = {"black": (20, 20, 20), "white": (250, 250, 250)}
 PALETTE = {**COLORS, **BACKGROUNDS, **INKS}
 
-SMALL_SHARE = 0.3  # objects drawn small: the ones a model misses and guesses from context (POPE F1 0.91 -> 0.87, y4 -> y7)
+SMALL_SHARE = 0.3  # objects drawn small: the ones a model misses (POPE F1 0.91 -> 0.87 from 0.2, y4 -> y7)
 # Shapes come in families that co-occur, as forks and knives do in COCO: most of a scene's objects are of its
-# family, so a model unsure of an object can guess it from the others (the prior SeVa's noise exposes), and
+# family, so a model unsure of an object can guess it from the others (a prior for noise to expose), and
 # POPE's adversarial split (the absent object that co-occurs most) asks about the missing partner.
 FAMILIES = (("circle", "square"), ("triangle", "diamond"))
 FAMILY_SHARE = 0.8  # objects drawn from their scene's family; the rest from any family
@@ -30,8 +30,8 @@ FAMILY_SHARE = 0.8  # objects drawn from their scene's family; the rest from any
 # that SeVa's noise step (t=500: 0.863·x0 + 0.505·ε in CLIP-normalized units, ~35/255 a pixel) blurs shapes
 # that a clean image shows plainly: objects differ from the background by 46-77/255 in their strongest channel.
 # Measured (experiments/miniature): the held-out drop is 0.08 at 1.0, 0.12 at 0.5, 0.16 at 0.4 and 0.17 at 0.3
-# (w5-w9, shapes drawn independently); with shape families 0.15-0.17 at 0.4 and 0.18-0.21 at 0.35, where the tower still sees
-# shape (0.96-0.97 per patch; 0.77 at 0.3) and the POPE yes-ratio passes its gate on two seeds (y1-y5).
+# (w5-w9, shapes drawn independently); with shape families 0.15-0.17 at 0.4 and 0.16-0.21 at 0.35 (y1-y6), where
+# the tower still sees shape (0.96-0.97 per patch; 0.77 at 0.3).
 CONTRAST = 0.35
 
 # OCR-VQA's genre names (Amazon categories). A cover shows its genre by its colour and the icon in its middle:

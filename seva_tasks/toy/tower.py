@@ -164,6 +164,14 @@ def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int
     return {"history": history, "heldout": accuracy(heads, heldout, seed, cfg.image_size, cfg.patch_size, mean, std)}
 
 
+def freeze(model, projector: bool = False) -> None:
+    """Freeze the tower for instruction tuning, as LLaVA-1.5 freezes CLIP; with `projector`, the aligned projector
+    too (else LLaVA's stage 2 trains it on, and its tokens drift away from the words they were aligned with)."""
+    model.model.vision_tower.requires_grad_(False)
+    if projector:
+        model.model.multi_modal_projector.requires_grad_(False)
+
+
 def accuracy(heads: Heads, n: int, seed: int, image_size: int, patch_size: int, mean, std) -> dict[str, float]:
     """Per-patch accuracy on `n` fresh scenes: each head's on the patches it has a label for, and how
     often a patch without a shape is called empty by the shape heads (a tower that sees phantoms fails this one)."""

@@ -9,7 +9,6 @@ Writes `runs/NAME.json`: the settings, the loss every 100 steps, and held-out te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -24,13 +23,13 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration  # noqa: E
 from seva_tasks import toy  # noqa: E402
 from seva_tasks.stages import pretrain  # noqa: E402
 from seva_tasks.toy import ToyConfig  # noqa: E402
+from worlds import toy_config  # noqa: E402
 
 
 def main(name: str, steps: str, lr: str, scheduler: str = "cosine", *overrides: str) -> None:
     torch.set_num_threads(1)
     toy_kw = dict(o.removeprefix("toy.").split("=", 1) for o in overrides)
-    tag = hashlib.sha256(json.dumps(toy_kw, sort_keys=True).encode()).hexdigest()[:8]
-    toy_cfg = ToyConfig.model_validate({"root": f"/tmp/miniature/world-{tag}", **toy_kw} if toy_kw else {})
+    toy_cfg = toy_config(toy_kw) if toy_kw else ToyConfig()
     base = toy.model_dir(toy_cfg)
     toy.ensure(toy_cfg)
     proc = AutoProcessor.from_pretrained(base, local_files_only=True)

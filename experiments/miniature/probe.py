@@ -9,7 +9,6 @@ unless toy.root is given; the stage's artifacts to /tmp/miniature/data-NAME.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from seva_tasks import pipeline, toy  # noqa: E402
 from seva_tasks.config import PipelineConfig  # noqa: E402
 from seva_tasks.stages.pretrain import PretrainConfig  # noqa: E402
-from seva_tasks.toy import ToyConfig  # noqa: E402
+from worlds import toy_config  # noqa: E402
 
 
 def main(name: str, args: list[str]) -> None:
@@ -28,8 +27,7 @@ def main(name: str, args: list[str]) -> None:
     toy_kw = {k.removeprefix("toy."): v for k, v in overrides.items() if k.startswith("toy.")}
     pre_kw = {k.removeprefix("pretrain."): json.loads(v) if v[:1] in "{[" else v
               for k, v in overrides.items() if k.startswith("pretrain.")}
-    tag = hashlib.sha256(json.dumps(toy_kw, sort_keys=True).encode()).hexdigest()[:8]
-    toy_cfg = ToyConfig.model_validate({"root": f"/tmp/miniature/world-{tag}", **toy_kw})
+    toy_cfg = toy_config(toy_kw)
     toy.ensure(toy_cfg)
     cfg = PipelineConfig(data_dir=Path(f"/tmp/miniature/data-{name}"), toy=toy_cfg, model=toy.model_dir(toy_cfg),
                          pretrain=PretrainConfig.model_validate({

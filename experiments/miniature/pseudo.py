@@ -13,7 +13,6 @@ Writes `runs/NAME.json`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,9 +28,10 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration  # noqa: E
 
 from seva_tasks import toy  # noqa: E402
 from seva_tasks.llava.prompts import SHORT_ANSWER, encode_batch  # noqa: E402
-from seva_tasks.toy import ToyConfig, lm, mix, tower  # noqa: E402
+from seva_tasks.toy import lm, mix, tower  # noqa: E402
 from seva_tasks.toy.heldout import heldout, rates  # noqa: E402
 from seva_tasks.toy.scenes import random_scene  # noqa: E402
+from worlds import toy_config  # noqa: E402
 
 
 def pseudo_labels(scene: dict, cfg) -> list[list[int]]:
@@ -64,7 +64,7 @@ def batch_forward(model, word_ids: torch.Tensor, batch, image_id: int, pad_id: i
     for j, (row, _, _) in enumerate(batch):
         ids[j, :len(row)], mask[j, :len(row)] = torch.tensor(row), 1
     emb_layer = model.get_input_embeddings()
-    emb = emb_layer(ids.clamp(max=emb_layer.num_embeddings - 1))
+    emb = emb_layer(ids)  # `<image>` and `<pad>` are in the vocabulary; their rows are overwritten or masked
     words = emb_layer(word_ids)  # [W, T, H] -> mean over a word's tokens
     words = words.mean(1)
     tokens = []
@@ -79,8 +79,7 @@ def batch_forward(model, word_ids: torch.Tensor, batch, image_id: int, pad_id: i
 def main(name: str, steps: str, lr: str, *overrides: str) -> None:
     torch.set_num_threads(1)
     toy_kw = dict(o.removeprefix("toy.").split("=", 1) for o in overrides)
-    tag = hashlib.sha256(json.dumps(toy_kw, sort_keys=True).encode()).hexdigest()[:8]
-    toy_cfg = ToyConfig.model_validate({"root": f"/tmp/miniature/world-{tag}", **toy_kw})
+    toy_cfg = toy_config(toy_kw)
     toy.ensure(toy_cfg)
     base = toy.model_dir(toy_cfg)
     proc = AutoProcessor.from_pretrained(base, local_files_only=True)

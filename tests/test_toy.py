@@ -39,6 +39,14 @@ def world(tmp_path_factory) -> ToyConfig:
     return cfg
 
 
+@pytest.fixture(scope="module")
+def four_heads(tmp_path_factory) -> ToyConfig:
+    """A small world whose language model has 4 heads of dim 32 at width 64 (`lm_heads`)."""
+    cfg = ToyConfig(root=tmp_path_factory.mktemp("toy") / "heads", lm_heads=4, layers=4, **SMALL)
+    toy.ensure(cfg)
+    return cfg
+
+
 def _rows(cfg: ToyConfig) -> list[dict]:
     return json.loads(toy.mix_path(cfg).read_text())
 
@@ -294,6 +302,21 @@ def test_checkpoint_uses_the_names_vllm_loads(world):
     assert dtypes == {"torch.float32"}
 
 
+def test_lm_heads_keep_head_dim_32_at_any_width(four_heads):
+    """vLLM's CPU attention takes head_dim 32, not 16: more heads widen attention, not the model."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(toy.model_dir(four_heads), local_files_only=True)
+    text = model.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.head_dim) == (64, 4, 4, 32)
+    assert model.config.vision_config.num_attention_heads == 2  # the vision tower keeps width / 32
+    attn = model.model.language_model.layers[0].self_attn
+    assert tuple(attn.q_proj.weight.shape) == (128, 64) and tuple(attn.o_proj.weight.shape) == (64, 128)
+    out = model(input_ids=torch.tensor([[1, 5, 6, 7]]))
+    assert out.logits.shape == (1, 4, text.vocab_size)
+
+
 def test_tokenizer_and_chat_template_are_llava_hf_s(world):
     import json
 
@@ -404,11 +427,14 @@ def _hf_greedy_and_embeds(cfg: ToyConfig, requests: list[tuple[str, str]], max_t
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_vllm_greedy_matches_transformers(world, tmp_path):
+@pytest.mark.parametrize("name", ["world", "four_heads"])
+def test_vllm_greedy_matches_transformers(name, request, tmp_path):
     """Same tokens from vLLM as from transformers (float32, greedy), from PIL images and from
-    precomputed image embeddings (the route SeVa's noised pixel tensors take, DESIGN addendum)."""
+    precomputed image embeddings (the route SeVa's noised pixel tensors take, DESIGN addendum);
+    also with `lm_heads` (4 heads of 32 at width 64)."""
     if not ENGINE_PYTHON.exists():
         pytest.skip(f"No engine env at {ENGINE_PYTHON}; create it with `make setup`.")
+    world = request.getfixturevalue(name)
     rows = [r for r in _rows(world) if "image" in r][:8]  # books, signs and shape scenes, non-square
     requests = [(toy.prompt(_first_question(r)), str(toy.images_dir(world) / r["image"])) for r in rows]
     hf = _hf_greedy_and_embeds(world, requests, 24, tmp_path / "embeds.safetensors")

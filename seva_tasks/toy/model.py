@@ -96,13 +96,13 @@ def llava_config(cfg: ToyConfig, vocab: int):
 
     image_id, pad_id = (vocab - len(ADDED) + ADDED.index(t) for t in (IMAGE_TOKEN, "<pad>"))
 
-    heads, width = cfg.hidden_size // 32, cfg.vision_hidden_size or cfg.hidden_size
+    heads, width = cfg.lm_heads or cfg.hidden_size // 32, cfg.vision_hidden_size or cfg.hidden_size
     vision = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width,
                               num_hidden_layers=cfg.vision_layers or cfg.layers, num_attention_heads=width // 32,
                               image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=width,
                               initializer_range=cfg.init_std)
     text = LlamaConfig(hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
-                       num_hidden_layers=cfg.layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       num_hidden_layers=cfg.layers, num_attention_heads=heads, num_key_value_heads=heads, head_dim=32,
                        vocab_size=vocab, max_position_embeddings=2048, rms_norm_eps=1e-5,
                        initializer_range=cfg.init_std, bos_token_id=1, eos_token_id=2, pad_token_id=pad_id,
                        tie_word_embeddings=False)

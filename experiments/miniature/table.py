@@ -4,6 +4,8 @@
 
 Columns: clean all / shape / colour / exists / side / choice / genre | POPE yes / F1 | noised POPE yes / F1 |
 noised all (drop) | tower shape | gates passed | minutes.
+A `bind.py` run (text only) gives one row per evaluation instead: step | all / shape / colour / count / side /
+exists / pope / choice | minutes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,17 @@ RUNS = Path(__file__).parent / "runs"
 KINDS = ("all", "shape", "color", "exists", "side", "choice", "genre")
 
 
+def bind_rows(name: str, change: str, evals: list[dict]) -> str:
+    kinds = ("all", "shape", "color", "count", "side", "exists", "pope", "choice")
+    return "\n".join(f"| {name} | {change} | {e['step']} | {' / '.join(f'{e[k]:.2f}' for k in kinds)} | "
+                     f"{e['seconds'] / 60:.0f} |" for e in evals)
+
+
 def row(name: str, change: str) -> str:
-    s = json.loads((RUNS / f"{name}.json").read_text())["stats"]
+    record = json.loads((RUNS / f"{name}.json").read_text())
+    if "evals" in record:
+        return bind_rows(name, change, record["evals"])
+    s = record["stats"]
     acc, noised, pope = s["heldout"]["accuracy"], s["heldout"]["noised"], s["pope"]
     clean = " / ".join(f"{acc[k]:.3f}" if k == "all" else f"{acc[k]:.2f}" for k in KINDS)
     gates = sum(g["passed"] for g in s["gates"].values())

@@ -62,7 +62,6 @@ from seva_tasks.preference import COLUMNS, PreferenceCollator, describe, load_pa
 
 log = logging.getLogger(__name__)
 
-REQUIRED = COLUMNS  # TRL's conversational vision preference format
 WEIGHTS = {"llava": llava_weights, "qwen2_vl": qwen2vl_weights}  # family -> its PROJECTOR and for_serving()
 LLM_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -155,10 +154,10 @@ def _check_inputs(cfg: TrainConfig, model: Path, pairs: Path) -> int:
         errors.append(f"Pairs file missing: {pairs}. Rerun the filter stage: seva run --until filter --refresh filter.")
     else:
         meta = pq.ParquetFile(pairs)
-        missing = [c for c in REQUIRED if c not in meta.schema_arrow.names]
+        missing = [c for c in COLUMNS if c not in meta.schema_arrow.names]
         if missing:
             errors.append(f"{pairs} lacks column(s) {', '.join(missing)} (has {', '.join(meta.schema_arrow.names)}). "
-                          f"The train stage reads TRL's vision preference format: {', '.join(REQUIRED)}.")
+                          f"The train stage reads TRL's vision preference format: {', '.join(COLUMNS)}.")
         elif meta.metadata.num_rows == 0:
             errors.append(f"{pairs} has no pairs: every candidate was dropped upstream. See the filter "
                           "stage's manifest (drops) and loosen its settings, or sample more prompts.")

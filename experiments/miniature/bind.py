@@ -1,6 +1,6 @@
 """Which small language model learns the toy's binding and lettered choice in text? A sweep bed.
 
-    .venv/bin/python experiments/miniature/bind.py NAME STEPS LR LAYERS WIDTH HEADS [EVAL_EVERY] [HEAD_DIM] [SEED]
+    .venv/bin/python experiments/miniature/bind.py NAME STEPS LR LAYERS WIDTH HEADS [EVAL_EVERY] [HEAD_DIM] [SEED] [CHOICE_SHARE]
 
 The LM phase's data (`toy.lm.conversations`: the caption where the image will be, one question) on a
 fresh Llama of the given shape with the default world's tokenizer, trained by a plain AdamW loop
@@ -8,7 +8,8 @@ fresh Llama of the given shape with the default world's tokenizer, trained by a 
 Every EVAL_EVERY steps, held-out text accuracy per kind (`toy.lm.heldout`, 280 questions) as the
 pretrain stage measures it. HEAD_DIM (default WIDTH / HEADS) decouples the heads from the width, as
 Llama's `head_dim` allows: vLLM's CPU attention takes head_dim 32 but not 16. SEED (default 0) sets the
-weights and the training draws; the held-out questions stay seed 0's. Writes `runs/NAME.json`.
+weights and the training draws; the held-out questions stay seed 0's. CHOICE_SHARE (default `lm.CHOICE_SHARE`,
+0.2) is the share of training conversations that ask a lettered choice. Writes `runs/NAME.json`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from seva_tasks.toy import ToyConfig, lm  # noqa: E402
 
 
 def main(name: str, steps: str, lr: str, layers: str, width: str, heads: str, every: str = "1000",
-         head_dim: str = "", seed: str = "0") -> None:
+         head_dim: str = "", seed: str = "0", choice_share: str = "") -> None:
     torch.set_num_threads(1)
     seed = int(seed)
+    if choice_share:
+        lm.CHOICE_SHARE = float(choice_share)  # read by lm.conversations at call time
     torch.manual_seed(seed)
     steps, lr, layers, width, heads, every = int(steps), float(lr), int(layers), int(width), int(heads), int(every)
     head_dim = int(head_dim) if head_dim else width // heads
@@ -50,7 +53,8 @@ def main(name: str, steps: str, lr: str, layers: str, width: str, heads: str, ev
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, s / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     record = {"settings": {"steps": steps, "lr": lr, "layers": layers, "width": width, "heads": heads,
-                           "head_dim": head_dim, "seed": seed},
+                           "head_dim": head_dim, "seed": seed,
+                           "choice_share": lm.CHOICE_SHARE},
               "evals": [], "losses": []}
     t0 = time.time()
     for step in range(1, steps + 1):

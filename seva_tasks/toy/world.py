@@ -59,7 +59,7 @@ class ToyConfig(StageConfig):
     layers: int = Field(2, ge=2, description="Layers in each tower (LLaVA reads the penultimate CLIP layer).")
     vision_layers: int | None = Field(None, ge=2, description="Layers of the vision tower alone (default: layers); LLaVA reads its penultimate one.")
     vision_hidden_size: int | None = Field(None, ge=32, description="Width of the vision tower alone (default: hidden_size); a multiple of 32.")
-    lm_heads: int | None = Field(None, ge=1, description="Attention heads of the language model, each of dim 32 (what vLLM's CPU attention runs) whatever the width (default: hidden_size / 32). More heads is a lever for lettered choice, not yet a fix (experiments/miniature, session 6).")
+    lm_heads: int | None = Field(None, ge=1, description="Attention heads of the language model, each of dim 32 (what vLLM's CPU attention runs) whatever the width (default: hidden_size / 32). 4 or 8 did not teach lettered choice in text (experiments/miniature, sessions 6-7).")
     vocab_size: int = Field(1280, ge=512, description="Upper bound of the vocabulary (256 byte tokens included) trained on the toy corpus.")
     init_std: float = Field(0.02, gt=0, description="Std of the random weights (transformers' initializer_range).")
     # The benchmarks' held-out scenes. The defaults keep `make run` quick (POPE 162 questions, GQA 41); 520/64/32

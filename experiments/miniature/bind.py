@@ -4,7 +4,8 @@
 
 The LM phase's data (`toy.lm.conversations`: the caption where the image will be, one question) on a
 fresh Llama of the given shape with the default world's tokenizer, trained by a plain AdamW loop
-(50 warmup steps, cosine, clip 1.0, batch 32) instead of the HF Trainer: the same recipe, fast to sweep.
+(50 warmup steps, cosine, clip 1.0, batch 32) instead of the HF Trainer: the same batches and loss
+(`pretrain._collator`, `pretrain._loss`), fast to sweep.
 Every EVAL_EVERY steps, held-out text accuracy per kind (`toy.lm.heldout`, 280 questions) as the
 pretrain stage measures it. HEAD_DIM (default WIDTH / HEADS) decouples the heads from the width, as
 Llama's `head_dim` allows: vLLM's CPU attention takes head_dim 32 but not 16. SEED (default 0) sets the
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from seva_tasks import toy  # noqa: E402
+from seva_tasks.stages import pretrain  # noqa: E402
 from seva_tasks.toy import ToyConfig, lm  # noqa: E402
 
 
@@ -47,6 +49,7 @@ def main(name: str, steps: str, lr: str, layers: str, width: str, heads: str, ev
         num_key_value_heads=heads, head_dim=head_dim, vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.02,
         bos_token_id=1, eos_token_id=2, pad_token_id=tok.pad_token_id, tie_word_embeddings=False))
     bs = 32
+    collate = pretrain._collator(tok.pad_token_id, mean=(0, 0, 0), std=(1, 1, 1))  # the LM phase's batches (no pixels)
     data = lm.examples(tok, seed, steps * bs)
     held = lm.heldout(0, 280)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -58,16 +61,11 @@ def main(name: str, steps: str, lr: str, layers: str, width: str, heads: str, ev
               "evals": [], "losses": []}
     t0 = time.time()
     for step in range(1, steps + 1):
-        batch = data[(step - 1) * bs:step * bs]
-        w = max(len(e["input_ids"]) for e in batch)
-        ids = torch.full((bs, w), tok.pad_token_id)
-        labels = torch.full((bs, w), -100)
-        mask = torch.zeros((bs, w), dtype=torch.long)
-        for j, e in enumerate(batch):
-            n = len(e["input_ids"])
-            ids[j, :n], labels[j, :n], mask[j, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+        batch = collate(data[(step - 1) * bs:step * bs])
         model.train()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    logits_to_keep=batch["logits_to_keep"])
+        loss = pretrain._loss(out, batch["labels"])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

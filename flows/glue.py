@@ -77,7 +77,7 @@ def publish(ref: dict) -> None:
     steps = _jsonl(out / "metrics.jsonl")
     if name == "train" and steps:
         create_table_artifact(table=steps, key=f"{key}-metrics", description=f"{node}: DPO metrics per logging step")
-    if name in ("train", "pretrain") and (curves := _curves(name, out, steps)):
+    if name in ("train", "vicuna", "pretrain") and (curves := _curves(name, out, steps)):
         create_markdown_artifact(key=f"{key}-curves", markdown=curves, description=f"{node} curves ({out})")
     if (report := out / "report.md").is_file():
         create_markdown_artifact(key=f"{key}-report", markdown=plots.embed(report.read_text(), out),
@@ -89,7 +89,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _curves(name: str, out: Path, steps: list[dict]) -> str | None:
-    """Markdown with the stage's training curves embedded: DPO (train) or pretraining + held-out accuracy."""
+    """Markdown with the stage's training curves embedded: DPO (train) or (vicuna, pre)training + held-out accuracy."""
     logged = [r for r in steps if "step" in r and "loss" in r]
     if name == "train":
         png, what = plots.train_curves(steps), "DPO loss, reward margin and reward accuracy per step"

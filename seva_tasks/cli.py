@@ -144,7 +144,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
         return 0
     from seva_tasks.stages.train import show_example
 
-    made = {s: {"path": str(store.dir(s, rows[s]["key"]))} for s in ("pretrain",) if s in rows}
+    made = {s: {"path": str(store.dir(s, rows[s]["key"]))} for s in pipeline.MAKERS if s in rows}
     print(show_example(cfg.train, pipeline.model_input(cfg, "train", made), pairs_dir / PAIRS, ns.index))
     return 0
 

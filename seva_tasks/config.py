@@ -32,6 +32,7 @@ from seva_tasks.stages.pretrain import PretrainConfig  # noqa: E402
 from seva_tasks.stages.sample import SampleConfig  # noqa: E402
 from seva_tasks.toy import ToyConfig  # noqa: E402
 from seva_tasks.stages.train import TrainConfig  # noqa: E402
+from seva_tasks.stages.vicuna import VicunaConfig  # noqa: E402
 
 
 class PipelineConfig(BaseModel):
@@ -43,6 +44,7 @@ class PipelineConfig(BaseModel):
     data_dir: Path = Field(Path("data"), description="Where artifacts live (`<data_dir>/artifacts`).")
     model: Path | None = Field(None, description="The model this run starts from: a local llava-hf checkpoint directory (with `pretrain`, its input).")
     toy: ToyConfig | None = Field(None, description="Build the embedded toy world first (toy preset only).")
+    vicuna: VicunaConfig | None = Field(None, description="Train the toy model's language model on text first, pretrain's input (toy preset only).")
     pretrain: PretrainConfig | None = Field(None, description="Instruction-tune the toy model first (toy preset only).")
     sample: SampleConfig = Field(default_factory=SampleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

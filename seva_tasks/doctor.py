@@ -109,13 +109,16 @@ def check_environment(cfg: PipelineConfig) -> list[Check]:
 
 def model_dir(cfg: PipelineConfig) -> tuple[Path, str]:
     """The model generate, train and baseline load (pipeline.model_input), and where it comes from."""
-    if cfg.pretrain is None:
+    makers = [m for m in pipeline.MAKERS if getattr(cfg, m) is not None]
+    if not makers:
         return pipeline.model_input(cfg, "generate", {}), "the preset's `model:`"
-    store = pipeline.store_for(cfg)
-    key = pipeline.key_for(cfg, "pretrain", {})
-    if (manifest := store.manifest("pretrain", key)) is not None:
-        return pipeline.model_input(cfg, "generate", {"pretrain": pipeline.ref(store, manifest)}), f"pretrain artifact {key}"
-    return resolve(cfg.model), "pretrain not built yet: checking the base model it starts from (`model:`)"
+    last = makers[-1]
+    rows = {r["stage"]: r for r in pipeline.status(cfg, last)}
+    if rows[last]["state"] == "fresh":
+        store = pipeline.store_for(cfg)
+        made = {m: {"path": str(store.dir(m, rows[m]["key"]))} for m in makers}
+        return pipeline.model_input(cfg, "generate", made), f"{last} artifact {rows[last]['key']}"
+    return resolve(cfg.model), f"{last} not built yet: checking the base model it starts from (`model:`)"
 
 
 def template_users(cfg: PipelineConfig) -> list[str]:

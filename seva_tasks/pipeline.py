@@ -3,8 +3,8 @@
     STAGES  one `Stage` per step, in run order: its module (`run`), the inputs it reads, its config section.
 
 A stage's inputs are upstream artifact dirs and, for the stages that load weights, `model`: the
-model this run starts from (the preset's `model:`, or the pretrain stage's output when the preset
-has one), resolved once here (`model_input`) and passed like any other input.
+model this run starts from (the preset's `model:`, or the output of the last of the vicuna and pretrain
+stages the preset has), resolved once here (`model_input`) and passed like any other input.
 
 With `rounds: k`, round r >= 2 runs sample…evaluate again as nodes `sample[r2]`…`evaluate[r2]`:
 generate and train load round r-1's merged model (train puts a fresh LoRA on it, and that model, with
@@ -27,7 +27,7 @@ from seva_tasks.artifacts import MERGED, MODEL
 from seva_tasks.config import PipelineConfig, resolve
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.fingerprint import code_digest, fingerprint
-from seva_tasks.stages import augment, baseline, evaluate, filter, generate, pretrain, sample, train
+from seva_tasks.stages import augment, baseline, evaluate, filter, generate, pretrain, sample, train, vicuna
 from seva_tasks.store import Store, stage_key
 
 
@@ -60,6 +60,7 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("vicuna", vicuna, ("model",)),  # toy only: the random tiny LLaVA's LM trained on text; pretrain's model
     Stage("pretrain", pretrain, ("model",)),  # toy only: teaches the random tiny LLaVA; its output is the run's model
     Stage("sample", sample),
     Stage("augment", augment, ("sample",)),
@@ -70,7 +71,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("baseline", baseline, ("model",), section="evaluate", resumable=True),
     Stage("evaluate", evaluate, ("model", "filter", "train", "baseline"), resumable=True),
 )}
-# What every round runs again (round r >= 2 as `generate[r2]`…); pretrain and baseline run once.
+# What every round runs again (round r >= 2 as `generate[r2]`…); vicuna, pretrain and baseline run once.
+MAKERS = ("vicuna", "pretrain")  # stages that make the run's model, in order, each where the config has its section
 ROUND_STAGES = ("sample", "augment", "generate", "filter", "train", "evaluate")
 NODE = re.compile(r"^(\w+)\[r(\d+)\]$")
 
@@ -91,13 +93,13 @@ def parse(node_name: str) -> tuple[str, int]:
 
 
 def nodes(cfg: PipelineConfig) -> tuple[str, ...]:
-    """Every node this config runs, in run order: pretrain (where configured), round 1 with baseline, then each later round."""
-    first = tuple(s for s in STAGES if s != "pretrain" or cfg.pretrain is not None)
+    """Every node this config runs, in run order: vicuna and pretrain (where configured), round 1 with baseline, then each later round."""
+    first = tuple(s for s in STAGES if s not in MAKERS or getattr(cfg, s) is not None)
     return first + tuple(node(s, r) for r in range(2, cfg.rounds + 1) for s in ROUND_STAGES)
 
 
 def stages_until(cfg: PipelineConfig, until: str | None) -> tuple[str, ...]:
-    """The nodes this config runs, in order: all of them, or `until` and what it needs (pretrain only where configured)."""
+    """The nodes this config runs, in order: all of them, or `until` and what it needs (vicuna, pretrain only where configured)."""
     stages = nodes(cfg)
     if until is None:
         return stages
@@ -113,31 +115,34 @@ def stages_until(cfg: PipelineConfig, until: str | None) -> tuple[str, ...]:
 
 
 def deps(cfg: PipelineConfig, node_name: str) -> dict[str, str]:
-    """Upstream nodes of a node, as {input name the stage reads: node}. pretrain comes in where it makes
-    the model, round r-1's train where round r starts from its merged model, and evaluate[rR] also reads
-    the previous round's evaluate (`previous`), so its report has a column per round."""
+    """Upstream nodes of a node, as {input name the stage reads: node}. The last configured model maker
+    before it (vicuna, pretrain) comes in where it makes the model, round r-1's train where round r starts
+    from its merged model, and evaluate[rR] also reads the previous round's evaluate (`previous`), so its
+    report has a column per round."""
     name, r = parse(node_name)
     stage = STAGES[name]
-    out = {dep: dep if dep in ("baseline", "pretrain") else node(dep, r) for dep in stage.deps}
-    if "model" in stage.inputs and name != "pretrain":
+    out = {dep: dep if dep == "baseline" else node(dep, r) for dep in stage.deps}
+    if "model" in stage.inputs:
+        makers = [m for m in MAKERS[:MAKERS.index(name)] if getattr(cfg, m) is not None] if name in MAKERS else \
+            [m for m in MAKERS if getattr(cfg, m) is not None]
         if r > 1 and name != "evaluate":  # evaluate's `model` is the base model (the report and the judge name it)
             out["model"] = node("train", r - 1)
-        elif cfg.pretrain is not None:
-            out["model"] = "pretrain"
+        elif makers:
+            out["model"] = makers[-1]
     if name == "evaluate" and r > 1:
         out["previous"] = node("evaluate", r - 1)
     return out
 
 
 def model_input(cfg: PipelineConfig, node_name: str, upstream: dict[str, dict]) -> Path | None:
-    """The model directory a node loads: round r-1's merged model in round r >= 2, else pretrain's output
-    where there is one, else the preset's."""
+    """The model directory a node loads: round r-1's merged model in round r >= 2, else the output of the
+    last model maker before it (vicuna, pretrain) where there is one, else the preset's."""
     name, r = parse(node_name)
     if "model" not in STAGES[name].inputs:
         return None
     made_by = deps(cfg, node_name).get("model")
-    if made_by == "pretrain":
-        return Path(upstream["pretrain"]["path"]) / MODEL
+    if made_by in MAKERS:
+        return Path(upstream[made_by]["path"]) / MODEL
     if made_by is not None:
         return Path(upstream[made_by]["path"]) / MERGED
     if cfg.model is None:

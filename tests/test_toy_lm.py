@@ -1,4 +1,4 @@
-"""The toy Vicuna (`toy.lm`): its text conversations, and the pretrain stage's language-model and vision phases."""
+"""The toy Vicuna: its text conversations (`toy.lm`), the `vicuna` stage, and the pretrain stage on its model."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from seva_tasks import pipeline, toy
 from seva_tasks.config import PipelineConfig
 from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, SYSTEMS
 from seva_tasks.stages.pretrain import PretrainConfig
+from seva_tasks.stages.vicuna import VicunaConfig
 from seva_tasks.toy import ToyConfig, gates, lm
 
 
@@ -60,37 +61,87 @@ def test_heldout_items_are_fresh_and_caption_based():
     assert all(it["answer"].isdigit() for it in items if it["kind"] == "count")
 
 
+def test_lookup_names_its_answer_and_the_shares_hold():
+    """A lookup asks for an option by its value: its answer is that option's letter."""
+    convs = lm.conversations(0, 600, choice_share=0.3, lookup_share=0.2)
+    lookups = [c for c in convs if c[0][0].split("\n")[1].startswith("Which option is ")]
+    lettered = [c for c in convs if "\nA. " in c[0][0]]
+    assert 0.15 * 600 < len(lookups) < 0.25 * 600 and 0.42 * 600 < len(lettered) < 0.58 * 600
+    for c in lookups:
+        lines = c[0][0].split("\n")
+        gold = lines[1].removeprefix("Which option is ").removesuffix("?")
+        letter = c[1][0].removesuffix(SEP2).strip()
+        assert lines[2 + "ABCD".index(letter)] == f"{letter}. {gold}", lines
+        assert sum(line.endswith(f". {gold}") for line in lines[2:6]) == 1
+    assert lm.conversations(0, 600) == lm.conversations(0, 600, choice_share=0.2, lookup_share=0.0)
+
+
+def test_vicuna_config_rejects_shares_over_one():
+    with pytest.raises(ValueError, match="exceed 1"):
+        VicunaConfig(choice_share=0.7, lookup_share=0.4)
+
+
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory):
-    """The pretrain stage with a short language-model phase, through the store."""
+def stages(tmp_path_factory):
+    """vicuna (a short text phase), then pretrain on its model, through the store."""
     toy.ensure(ToyConfig())
     cfg = PipelineConfig(data_dir=tmp_path_factory.mktemp("data"), toy=ToyConfig(), model=toy.model_dir(ToyConfig()),
-                         pretrain=PretrainConfig(lm_steps=150, tower_steps=20, steps=10, extra={"gqa": 64}, heldout=35,
-                                                  gate_pope=40, logging_steps=5))
-    return cfg, pipeline.run_stage(cfg, "pretrain", {})
+                         vicuna=VicunaConfig(steps=150, heldout=35, logging_steps=5),
+                         pretrain=PretrainConfig(tower_steps=20, steps=10, extra={"gqa": 64}, heldout=35,
+                                                 gate_pope=40, logging_steps=5))
+    refs = {"vicuna": pipeline.run_stage(cfg, "vicuna", {})}
+    refs["pretrain"] = pipeline.run_stage(cfg, "pretrain", refs)
+    return cfg, refs
 
 
-def test_language_model_phase_runs_first_and_is_recorded(stage):
-    """Phases in LLaVA's order: the language model (Vicuna), the vision tower (CLIP), instruction tuning."""
-    cfg, ref = stage
-    stats = json.loads((Path(ref["path"]) / "manifest.json").read_text())["stats"]
-    assert stats["lm"]["steps"] == 150 and stats["lm"]["conversations"] == 150 * 32
-    assert set(stats["lm"]["heldout"]["accuracy"]) == {*lm.KINDS, "all"} and stats["lm"]["heldout"]["questions"] == 35
-    lines = [json.loads(x) for x in (Path(ref["path"]) / "metrics.jsonl").read_text().splitlines()]
-    phases = [x["phase"] for x in lines]
-    assert phases == sorted(phases, key=["lm", "tower", "instruct"].index) and set(phases) == {"lm", "tower", "instruct"}
-    assert stats["tower"]["steps"] == 20 and set(stats["tower"]["heldout"]) == {"shape", "color", "position", "vertical", "empty", "objects"}
-    lm_losses = [x["loss"] for x in lines if x["phase"] == "lm"]
-    assert lm_losses[-1] < lm_losses[0] - 0.8  # the text phase learns (measured 7.13 -> ~1.0 in 150 steps at 1e-3)
-    assert stats["final_loss"] == [x["loss"] for x in lines if x["phase"] == "instruct"][-1]
-    other = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"lm_steps": 151})})
-    assert pipeline.key_for(other, "pretrain", {}) != ref["key"]
+def _stats(ref: dict) -> dict:
+    return json.loads((Path(ref["path"]) / "manifest.json").read_text())["stats"]
 
 
-def test_gates_are_measured_and_judged_in_the_manifest(stage):
+def test_vicuna_trains_text_and_pretrain_starts_from_it(stages):
+    """LLaVA's order: the language model (Vicuna, its own stage), then the tower (CLIP) and instruction tuning."""
+    cfg, refs = stages
+    stats = _stats(refs["vicuna"])
+    assert stats["steps"] == 150 and stats["counts"]["conversations"] == 150 * 32
+    assert set(stats["heldout"]["accuracy"]) == {*lm.KINDS, "all"} and stats["heldout"]["questions"] == 35
+    lines = [json.loads(x) for x in (Path(refs["vicuna"]["path"]) / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines]
+    assert {x["phase"] for x in lines} == {"vicuna"} and len(lines) == 30
+    assert losses[-1] < losses[0] - 0.8  # the text phase learns (measured 7.13 -> ~1.0 in 150 steps at 1e-3)
+    assert stats["final_loss"] == losses[-1]
+    assert pipeline.model_input(cfg, "pretrain", refs) == Path(refs["vicuna"]["path"]) / "model"
+    manifest = json.loads((Path(refs["pretrain"]["path"]) / "manifest.json").read_text())
+    assert manifest["model"]["path"] == str(Path(refs["vicuna"]["path"]) / "model")
+    pre = _stats(refs["pretrain"])
+    phases = [json.loads(x)["phase"] for x in (Path(refs["pretrain"]["path"]) / "metrics.jsonl").read_text().splitlines()]
+    assert phases == sorted(phases, key=["tower", "instruct"].index) and set(phases) == {"tower", "instruct"}
+    assert pre["tower"]["steps"] == 20 and set(pre["tower"]["heldout"]) == {"shape", "color", "position", "vertical", "empty", "objects"}
+
+
+def test_a_pretrain_change_keeps_vicuna_and_a_vicuna_change_reaches_pretrain(stages):
+    """The point of its own stage: a pretrain sweep shares one text-trained LM."""
+    cfg, refs = stages
+    assert pipeline.nodes(cfg)[:3] == ("vicuna", "pretrain", "sample")
+    assert pipeline.deps(cfg, "pretrain") == {"model": "vicuna"} and pipeline.deps(cfg, "generate")["model"] == "pretrain"
+    other_pre = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"seed": 1})})
+    assert pipeline.key_for(other_pre, "vicuna", {}) == refs["vicuna"]["key"]
+    assert pipeline.key_for(other_pre, "pretrain", {"vicuna": refs["vicuna"]}) != refs["pretrain"]["key"]
+    status = {r["stage"]: r["state"] for r in pipeline.status(other_pre, "pretrain")}
+    assert status == {"vicuna": "fresh", "pretrain": "stale"}
+    other_lm = cfg.model_copy(update={"vicuna": cfg.vicuna.model_copy(update={"steps": 151})})
+    assert pipeline.key_for(other_lm, "vicuna", {}) != refs["vicuna"]["key"]
+    status = {r["stage"]: r["state"] for r in pipeline.status(other_lm, "pretrain")}
+    assert status == {"vicuna": "stale", "pretrain": "stale"}
+    again = pipeline.run_stage(cfg, "vicuna", {})  # same config: the published artifact, not a rerun
+    assert again["key"] == refs["vicuna"]["key"] and again["digest"] == refs["vicuna"]["digest"]
+    without = cfg.model_copy(update={"vicuna": None})
+    assert pipeline.deps(without, "pretrain") == {} and pipeline.nodes(without)[0] == "pretrain"
+
+
+def test_gates_are_measured_and_judged_in_the_manifest(stages):
     """Every gate is written with its value, threshold and verdict, from the measurements beside it."""
-    _, ref = stage
-    stats = json.loads((Path(ref["path"]) / "manifest.json").read_text())["stats"]
+    _, refs = stages
+    stats = _stats(refs["pretrain"])
     g, held, pope = stats["gates"], stats["heldout"], stats["pope"]
     assert set(g) == set(gates.THRESHOLDS) and all(set(v) == {"value", "threshold", "passed"} for v in g.values())
     assert pope["questions"] == 40 and pope["noise_step"] == 500
@@ -101,21 +152,19 @@ def test_gates_are_measured_and_judged_in_the_manifest(stage):
     assert 0 <= pope["noised"]["yes_ratio"] <= 1 and set(held["noised"]) == set(held["accuracy"])
 
 
-def test_language_model_phase_changes_only_the_language_model(tmp_path):
+def test_vicuna_changes_only_the_language_model(tmp_path):
     """No image goes in, so the vision tower and projector keep their weights, bit for bit."""
-    import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from safetensors.torch import load_file
 
-    from seva_tasks.stages import pretrain
+    from seva_tasks.stages import vicuna
 
     toy.ensure(ToyConfig())
     base = toy.model_dir(ToyConfig())
-    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = PretrainConfig(lm_steps=40, heldout=0, logging_steps=10)
-    history, stats = pretrain._pretrain_lm(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True), tmp_path)
-    after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith(("model.language_model.", "lm_head.")) for k in changed), sorted(changed)[:5]
-    assert any(k.startswith("model.language_model.layers.") for k in changed)
-    assert stats["steps"] == 40 and [r["phase"] for r in history] == ["lm"] * len(history)
+    stats = vicuna.run(VicunaConfig(steps=40, heldout=0, logging_steps=10), {"model": base}, tmp_path)
+    before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not (before[k] == after[k]).all()}
+    assert changed and all(k.startswith(("language_model.", "lm_head.")) for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("language_model.model.layers.") for k in changed)
+    assert stats["steps"] == 40 and stats["heldout"]["questions"] == 0
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in base.iterdir())

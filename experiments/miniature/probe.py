@@ -1,10 +1,12 @@
-"""One probe of the miniature: build a toy world, run the pretrain stage on it, save the manifest's stats.
+"""One probe of the miniature: build a toy world, run the vicuna (with any `vicuna.*`) and pretrain stages
+on it, save the manifests' stats.
 
-    .venv/bin/python experiments/miniature/probe.py NAME [toy.KEY=V ...] [pretrain.KEY=V ...]
+    .venv/bin/python experiments/miniature/probe.py NAME [toy.KEY=V ...] [vicuna.KEY=V ...] [pretrain.KEY=V ...]
 
-Writes `experiments/miniature/runs/NAME.json` ({"overrides", "stats", "metrics"}): held-out accuracy per
-kind, the gates, the language-model and tower phases. The world goes to /tmp/miniature/<toy overrides>
-unless toy.root is given; the stage's artifacts to /tmp/miniature/data-NAME.
+Writes `experiments/miniature/runs/NAME.json` ({"overrides", "stats", "lm", "metrics"}): held-out accuracy per
+kind, the gates, the tower phase, and the vicuna stage's held-out text accuracy (`lm`). The world goes to
+/tmp/miniature/<toy overrides> unless toy.root is given; the stages' artifacts to /tmp/miniature/data-NAME,
+so a probe that repeats another's vicuna settings under the same NAME's store reuses its language model.
 """
 
 from __future__ import annotations
@@ -19,28 +21,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from seva_tasks import pipeline, toy  # noqa: E402
 from seva_tasks.config import PipelineConfig  # noqa: E402
 from seva_tasks.stages.pretrain import PretrainConfig  # noqa: E402
+from seva_tasks.stages.vicuna import VicunaConfig  # noqa: E402
 from worlds import toy_config  # noqa: E402
+
+
+def _section(overrides: dict[str, str], name: str) -> dict:
+    return {k.removeprefix(f"{name}."): json.loads(v) if v[:1] in "{[" else v
+            for k, v in overrides.items() if k.startswith(f"{name}.")}
 
 
 def main(name: str, args: list[str]) -> None:
     overrides = dict(a.split("=", 1) for a in args)
-    toy_kw = {k.removeprefix("toy."): v for k, v in overrides.items() if k.startswith("toy.")}
-    pre_kw = {k.removeprefix("pretrain."): json.loads(v) if v[:1] in "{[" else v
-              for k, v in overrides.items() if k.startswith("pretrain.")}
-    toy_cfg = toy_config(toy_kw)
+    toy_cfg = toy_config(_section(overrides, "toy"))
     toy.ensure(toy_cfg)
+    vicuna = _section(overrides, "vicuna")
     cfg = PipelineConfig(data_dir=Path(f"/tmp/miniature/data-{name}"), toy=toy_cfg, model=toy.model_dir(toy_cfg),
+                         vicuna=VicunaConfig.model_validate(vicuna) if vicuna else None,
                          pretrain=PretrainConfig.model_validate({
-                             "annotations": str(toy.mix_path(toy_cfg)), "image_root": str(toy.images_dir(toy_cfg)), **pre_kw}))
-    ref = pipeline.run_stage(cfg, "pretrain", {})
-    out = Path(ref["path"])
-    record = {"overrides": overrides, "stats": json.loads((out / "manifest.json").read_text())["stats"],
+                             "annotations": str(toy.mix_path(toy_cfg)), "image_root": str(toy.images_dir(toy_cfg)),
+                             **_section(overrides, "pretrain")}))
+    refs: dict[str, dict] = {}
+    for stage in pipeline.stages_until(cfg, "pretrain"):
+        refs[stage] = pipeline.run_stage(cfg, stage, refs)
+    out = Path(refs["pretrain"]["path"])
+    stats = {k: json.loads((Path(r["path"]) / "manifest.json").read_text())["stats"] for k, r in refs.items()}
+    record = {"overrides": overrides, "stats": stats["pretrain"], "lm": stats.get("vicuna"),
               "metrics": [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]}
     dst = Path(__file__).parent / "runs" / f"{name}.json"
     dst.write_text(json.dumps(record, indent=1) + "\n")
     s = record["stats"]
     print(json.dumps({"heldout": s["heldout"]["accuracy"], "gates": {k: [g["value"], g["passed"]] for k, g in (s["gates"] or {}).items()},
-                      "pope": s["pope"], "lm": (s.get("lm") or {}).get("heldout"), "tower": (s.get("tower") or {}).get("heldout"),
+                      "pope": s["pope"], "lm": (record["lm"] or {}).get("heldout"), "tower": (s.get("tower") or {}).get("heldout"),
                       "seconds": s["seconds"]}, indent=1))
 
 

@@ -28,6 +28,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration  # noqa: E
 
 from seva_tasks import toy  # noqa: E402
 from seva_tasks.llava.prompts import SHORT_ANSWER, encode_batch  # noqa: E402
+from seva_tasks.stages.vicuna import VicunaConfig  # noqa: E402
 from seva_tasks.toy import lm, mix, tower  # noqa: E402
 from seva_tasks.toy.heldout import heldout, rates  # noqa: E402
 from seva_tasks.toy.scenes import random_scene  # noqa: E402
@@ -103,7 +104,7 @@ def main(name: str, steps: str, lr: str, *overrides: str) -> None:
         items = []
         for _ in range(bs):
             scene = random_scene(rng, "shapes", "p.jpg")
-            qas = mix.aokvqa_qas(rng, scene) if rng.random() < lm.CHOICE_SHARE else mix.QAS["gqa"](rng, scene)
+            qas = mix.aokvqa_qas(rng, scene) if rng.random() < VicunaConfig().choice_share else mix.QAS["gqa"](rng, scene)
             items.append((scene, *qas[0]))
         batch = encode(tok, image_id, n_img, items, vcfg)
         logits, ids = batch_forward(model, word_ids, batch, image_id, pad_id)

@@ -14,9 +14,8 @@ weight (vision tower, projector, language model: nothing here is pretrained) wit
   the same question templates as the mix (`toy.mix.QAS`), rendered in memory and JPEG-encoded as the
   mix's images are. The 184-row default mix alone is far too little to learn colours and shapes.
 
-LLaVA-1.5 starts from Vicuna and CLIP; two optional phases stand in for them, in that order:
-- `lm_steps > 0`: the language model trains on text alone (`toy.lm`, the toy Vicuna: short conversations
-  with a scene's caption in place of its image); the manifest's `lm` records its held-out text accuracy.
+LLaVA-1.5 starts from Vicuna and CLIP. The `vicuna` stage (when configured) stands in for the first: its
+text-trained model is this stage's input. An optional phase here stands in for CLIP:
 - `tower_steps > 0`: the vision tower trains alone on per-patch shape, colour and place labels (`toy.tower`), with
   `tower_align` also pointing the projected tokens at the LM's word embeddings; the tower then stays frozen
   during instruction tuning, as CLIP does (`freeze_projector`: the aligned projector too); the manifest's `tower` records
@@ -45,7 +44,6 @@ import io
 import json
 import logging
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +55,7 @@ from seva_tasks.base import StageConfig, resolve
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
-from seva_tasks.toy import gates, lm, mix, tower
+from seva_tasks.toy import fit, gates, mix, tower
 from seva_tasks.toy.heldout import accuracy, ask, heldout, load, majority
 from seva_tasks.toy.scenes import random_scene, render
 
@@ -93,12 +91,9 @@ class PretrainConfig(StageConfig):
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
     tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour/place heads) before instruction tuning, which then keeps the tower frozen; 0: none.")
     tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
-    tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best after lm_steps.")
+    tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best on the vicuna stage's model.")
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
     freeze_projector: bool = Field(False, description="With tower_align: keep the aligned projector frozen during instruction tuning too, so the image tokens keep pointing at the words (w/o: 'which side' falls to chance, experiments/miniature y7 vs y10).")
-    lm_steps: int = Field(0, ge=0, description="Text-only steps of the language model before instruction tuning (toy.lm, the toy Vicuna); 0: none.")
-    lm_batch_size: int = Field(32, ge=1, description="Text conversations per language-model step.")
-    lm_learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate of the language-model phase (on the toy world, 3,000 steps at 1e-3 learn; 1,500 at 1e-4 stay near the prior).")
 
     @field_validator("sources")
     @classmethod
@@ -221,80 +216,8 @@ def _examples(cfg: PretrainConfig, processor, config) -> tuple[list[dict], dict]
     return out, counts
 
 
-def _collator(pad_id: int, mean, std):
-    """Right-padded batch; pixel values only for the rows that have an image (LLaVA splices them in order).
-
-    `logits_to_keep` marks the positions that predict an answer token, so the LM head and the loss
-    run on those alone (~15% of positions); `labels` are their targets, flattened in the same order.
-    """
-    import torch
-
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-
-    def collate(batch: list[dict]) -> dict:
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.full((len(batch), width), pad_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, e in enumerate(batch):
-            n = len(e["input_ids"])
-            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-        keep = torch.zeros((len(batch), width), dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != -100
-        out = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": keep, "labels": labels[:, 1:][keep[:, :-1]]}
-        px = [e["pixels"] for e in batch if e["pixels"] is not None]
-        if px:
-            out["pixel_values"] = (torch.stack(px).float() / 255 - m) / s
-        return out
-
-    return collate
-
-
-def _loss(outputs, labels, num_items_in_batch=None):
-    """Mean cross-entropy over the answer tokens (logits come flattened: one row per kept position)."""
-    import torch.nn.functional as F
-
-    return F.cross_entropy(outputs.logits.float(), labels)
-
-
 # --------------------------------------------------------------------------------------------
 # Training and saving
-
-
-def _train(cfg: PretrainConfig, model, examples: list[dict], processor, out_dir: Path, phase: str = "instruct") -> list[dict]:
-    """transformers.Trainer on every weight that gets a gradient (`phase` "lm": text only, so the
-    language model alone); returns the log history, each entry tagged with its phase."""
-    from transformers import Trainer, TrainingArguments
-
-    ip = processor.image_processor
-    steps, batch, lr = (cfg.lm_steps, cfg.lm_batch_size, cfg.lm_learning_rate) if phase == "lm" else \
-        (cfg.steps, cfg.batch_size, cfg.learning_rate)
-    args = TrainingArguments(
-        output_dir=str(out_dir / ".trainer"), max_steps=steps, per_device_train_batch_size=batch,
-        learning_rate=lr, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
-        save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
-        disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=examples,
-                      data_collator=_collator(processor.tokenizer.pad_token_id, ip.image_mean, ip.image_std),
-                      compute_loss_func=_loss, callbacks=[progress.trainer_callback(f"pretrain ({phase})")])
-    trainer.train()
-    shutil.rmtree(out_dir / ".trainer", ignore_errors=True)
-    return [{"phase": phase, **r} for r in trainer.state.log_history]
-
-
-def _pretrain_lm(cfg: PretrainConfig, model, processor, out_dir: Path) -> tuple[list[dict], dict]:
-    """The toy Vicuna phase: text-only training, then its held-out accuracy per question kind."""
-    tok = processor.tokenizer
-    examples = lm.examples(tok, cfg.seed, cfg.lm_steps * cfg.lm_batch_size)
-    log.info("Language-model phase: %d steps on %d text conversations.", cfg.lm_steps, len(examples))
-    history = _train(cfg, model.train(), examples, processor, out_dir, phase="lm")
-    items = lm.heldout(cfg.seed, cfg.heldout)
-    accuracy = lm.accuracy(model.eval(), tok, items) if items else {}
-    losses = [r["loss"] for r in history if "loss" in r]
-    return history, {"steps": cfg.lm_steps, "conversations": len(examples), "final_loss": losses[-1] if losses else None,
-                     "heldout": {"accuracy": accuracy, "majority": majority(items) if items else {}, "questions": len(items)}}
 
 
 def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
@@ -323,20 +246,6 @@ def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict)
     return {"gates": gates.judge(values), "pope": pope, "noised": noised}
 
 
-def _save(model, base: Path, dst: Path) -> None:
-    """The base directory's files (config, processor, tokenizer, chat template) + the trained weights."""
-    from safetensors.torch import save_file
-
-    from seva_tasks.llava.weights import checkpoint_names
-
-    dst.mkdir(parents=True)
-    for p in sorted(base.iterdir()):
-        if p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json":
-            shutil.copy2(p, dst / p.name)
-    state = checkpoint_names(model.float().state_dict())  # llava-hf names: vLLM 0.32 needs vision_model.
-    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-
-
 # --------------------------------------------------------------------------------------------
 # Stage entry point
 
@@ -362,13 +271,12 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         processor = AutoProcessor.from_pretrained(base, local_files_only=True)
         set_seed(cfg.seed)
         model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-        history, lm_stats = _pretrain_lm(cfg, model, processor, out_dir) if cfg.lm_steps else ([], None)
         tower_stats = _pretrain_tower(cfg, model, processor) if cfg.tower_steps else None
-        history += tower_stats.pop("history") if tower_stats else []
+        history = tower_stats.pop("history") if tower_stats else []
         examples, counts = _examples(cfg, processor, model.config)
         log.info("Pretraining %s for %d steps on %d conversations (%s).", base, cfg.steps, len(examples), counts)
-        history += _train(cfg, model.train(), examples, processor, out_dir)
-        _save(model.eval(), base, out_dir / "model")
+        history += fit.fit(cfg, model.train(), examples, processor, out_dir, phase="instruct", desc="pretrain (instruct)")
+        fit.save(model.eval(), base, out_dir / "model")
         trained = time.time() - started
         items = heldout(cfg.seed, cfg.heldout)
         model, processor = load(out_dir / "model") if items else (None, None)
@@ -376,12 +284,9 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         gated = _gates(cfg, model, processor, items, held) if items and cfg.gate_pope else {}
     finally:
         torch.set_num_threads(threads)
-    steps = [{k: r[k] for k in ("phase", "step", "loss", "learning_rate", "grad_norm") if k in r} for r in history if "loss" in r]
-    final = [s["loss"] for s in steps if s["phase"] == "instruct"]
-    with open(out_dir / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps(s) + "\n" for s in steps)
+    final = [s["loss"] for s in fit.metrics(out_dir, history) if s["phase"] == "instruct"]
     log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
-    return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None, "lm": lm_stats, "tower": tower_stats,
+    return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None, "tower": tower_stats,
             "heldout": {"accuracy": held, "majority": majority(items) if items else {}, "questions": len(items),
                         "noised": gated.get("noised")},
             "pope": gated.get("pope"), "gates": gated.get("gates"),

@@ -9,7 +9,7 @@ the image tokens (fastest when `toy.tower`'s aligned phase has pointed those tok
 
 Data: one-turn conversations `USER: {caption}\\n{question} ASSISTANT: {answer}</s>` about fresh shape
 scenes (seed stream `"{seed}:lm"`): the scene's caption stands where the image will be, the question is
-one of the mix's GQA-style templates, or A-OKVQA's lettered choice for a `CHOICE_SHARE` of them. No
+one of the mix's GQA-style templates, or A-OKVQA's lettered choice for a share of them. No
 system prompt and no short-answer suffix: short contexts are what this model learns from. Loss on the
 answer and its `</s>` only. No image goes in, so only the language model's weights change.
 
@@ -28,7 +28,6 @@ from seva_tasks.toy.heldout import HELDOUT_KINDS, rates
 from seva_tasks.toy.heldout import heldout as heldout_items
 from seva_tasks.toy.scenes import random_scene
 
-CHOICE_SHARE = 0.2  # conversations that ask a lettered multiple-choice question instead of a GQA-style one
 KINDS = tuple(k for k in HELDOUT_KINDS if k != "genre")  # a book's genre is not in its caption
 
 
@@ -37,21 +36,38 @@ def segments(caption: str, question: str, answer: str) -> list[tuple[str, bool]]
     return [(f"USER: {caption}\n{question} ASSISTANT:", False), (f" {answer}{SEP2}", True)]
 
 
-def conversations(seed: int, n: int) -> list[list[tuple[str, bool]]]:
-    """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"`."""
+def lookup_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
+    """A lettered choice whose question names the right option: finding an option and reading its letter,
+    the half of a lettered choice that needs no image (Vicuna brings it from text)."""
+    (question, letter), = mix.aokvqa_qas(rng, scene)
+    _, *options, instruction = question.split("\n")
+    gold = options["ABCD".index(letter)].split(". ", 1)[1]
+    return [("\n".join([f"Which option is {gold}?", *options, instruction]), letter)]
+
+
+def conversations(seed: int, n: int, choice_share: float = 0.2, lookup_share: float = 0.0) -> list[list[tuple[str, bool]]]:
+    """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"`: a
+    lettered choice for `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`,
+    else a GQA-style question."""
     rng = random.Random(f"{seed}:lm")
     out: list[list[tuple[str, bool]]] = []
     while len(out) < n:
         scene = random_scene(rng, "shapes", f"lm/{len(out):06d}.jpg")
-        qas = mix.aokvqa_qas(rng, scene) if rng.random() < CHOICE_SHARE else mix.QAS["gqa"](rng, scene)
+        draw = rng.random()
+        if draw < lookup_share:
+            qas = lookup_qas(rng, scene)
+        elif draw < lookup_share + choice_share:
+            qas = mix.aokvqa_qas(rng, scene)
+        else:
+            qas = mix.QAS["gqa"](rng, scene)
         out.append(segments(scene["caption"], *qas[0]))  # the mix shuffles its questions: the first is random
     return out
 
 
-def examples(tokenizer, seed: int, n: int) -> list[dict]:
-    """Tokenized training conversations in the pretrain stage's example format (no pixels)."""
+def examples(tokenizer, seed: int, n: int, **shares: float) -> list[dict]:
+    """Tokenized training conversations (`conversations`' `shares`) in `toy.fit`'s example format (no pixels)."""
     return [{"input_ids": ids, "labels": [t if x else -100 for t, x in zip(ids, loss)], "pixels": None}
-            for ids, loss in encode_batch(tokenizer, conversations(seed, n))]
+            for ids, loss in encode_batch(tokenizer, conversations(seed, n, **shares))]
 
 
 def heldout(seed: int, n: int) -> list[dict]:

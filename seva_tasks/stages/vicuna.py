@@ -1,0 +1,99 @@
+"""Stage `vicuna`: train the toy LLaVA's language model on text alone, the toy world's Vicuna.
+
+    seva run --until vicuna vicuna.steps=7000          # this stage alone (it has no upstream)
+    seva run vicuna.steps=7000 pretrain.tower_steps=1200 pretrain.tower_align=true
+
+Toy preset only, and off unless the config has a `vicuna:` section. LLaVA-1.5 starts from a released
+Vicuna; the toy's random tiny LLaVA has none, and from random weights its LM does not learn to compare
+a question's words with the image (experiments/miniature/README.md). This stage gives it one: short text
+conversations about fresh scenes with the caption where the image will be (`toy.lm`), answer-only
+cross-entropy, transformers' `Trainer`. No image goes in, so only the language model's weights change.
+Its output is `pretrain`'s input model, so the experiment's seeds (`pretrain.seed`) vary the tower and
+instruction tuning on one shared LM, as LLaVA's runs share one Vicuna, and a change to pretrain does not
+pay for this stage again.
+
+Output: `out_dir/model/` (the input model's files, the trained weights with llava-hf names) and
+`metrics.jsonl`; the manifest records held-out text accuracy per question kind (`toy.lm.heldout`, the
+caption in place of the image) next to the majority answer's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from seva_tasks.base import StageConfig
+from seva_tasks.errors import InputError
+from seva_tasks.toy import fit, lm
+from seva_tasks.toy.heldout import majority
+
+log = logging.getLogger(__name__)
+
+
+class VicunaConfig(StageConfig):
+    """Text-only training of the toy LLaVA's language model: data, optimiser and the held-out check."""
+
+    steps: int = Field(3000, ge=1, description="Optimizer steps (3,000 at 1e-3 leave the label prior on the 2-layer LM; lettered choice needs more, experiments/miniature b2-b16).")
+    batch_size: int = Field(32, ge=1, description="Conversations per step (each is a fresh scene: steps × batch_size in all).")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (1,500 steps at 1e-4 stay near the prior).")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="transformers scheduler name.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    choice_share: float = Field(0.2, ge=0, le=1, description="Share of conversations asking a lettered choice (A-OKVQA's form) instead of a GQA-style question.")
+    lookup_share: float = Field(0.0, ge=0, le=1, description="Share asking a lettered lookup whose question names its answer ('Which option is red?'): the letter hop alone.")
+    seed: int = Field(0, description="Seeds the conversations' scenes, the data order and the held-out questions.")
+    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
+    heldout: int = Field(280, ge=0, description="Held-out text questions (split evenly over the 7 kinds); 0: skip.")
+    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> "VicunaConfig":
+        if self.choice_share + self.lookup_share > 1:
+            raise ValueError(f"choice_share ({self.choice_share}) + lookup_share ({self.lookup_share}) exceed 1: "
+                             "they are shares of the same conversations.")
+        return self
+
+
+def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
+    """Train the input model's language model on text and publish `out_dir/model/`.
+
+    Args:
+        cfg: the stage config. inputs: {"model": the toy world's random tiny LLaVA}. out_dir: the store's partial dir.
+    Returns:
+        Manifest stats: conversations, steps, final loss, held-out text accuracy per kind with the majority
+        answer's, seconds.
+    """
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
+
+    started = time.time()
+    base = Path(inputs["model"])
+    if not (base / "config.json").is_file():
+        raise InputError(f"Base model not found: {base} has no config.json. Build the toy world "
+                         "(python -m seva_tasks.toy) or point `model:` at it, e.g. model=data/toy/model.")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        processor = AutoProcessor.from_pretrained(base, local_files_only=True)
+        set_seed(cfg.seed)
+        model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+        tok = processor.tokenizer
+        examples = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
+                               choice_share=cfg.choice_share, lookup_share=cfg.lookup_share)
+        log.info("Toy Vicuna: %d steps on %d text conversations.", cfg.steps, len(examples))
+        history = fit.fit(cfg, model.train(), examples, processor, out_dir, phase="vicuna", desc="vicuna")
+        fit.save(model.eval(), base, out_dir / "model")
+        items = lm.heldout(cfg.seed, cfg.heldout)
+        accuracy = lm.accuracy(model, tok, items) if items else {}
+    finally:
+        torch.set_num_threads(threads)
+    steps = fit.metrics(out_dir, history)
+    log.info("Toy Vicuna trained; held-out text accuracy %s → %s", accuracy, out_dir / "model")
+    return {"counts": {"conversations": len(examples)}, "steps": cfg.steps,
+            "final_loss": steps[-1]["loss"] if steps else None,
+            "heldout": {"accuracy": accuracy, "majority": majority(items) if items else {}, "questions": len(items)},
+            "seconds": round(time.time() - started, 1)}

@@ -115,8 +115,7 @@ def model_dir(cfg: PipelineConfig) -> tuple[Path, str]:
     last = makers[-1]
     rows = {r["stage"]: r for r in pipeline.status(cfg, last)}
     if rows[last]["state"] == "fresh":
-        store = pipeline.store_for(cfg)
-        made = {m: {"path": str(store.dir(m, rows[m]["key"]))} for m in makers}
+        made = {m: {"path": str(pipeline.store_for(cfg).dir(m, rows[m]["key"]))} for m in makers}
         return pipeline.model_input(cfg, "generate", made), f"{last} artifact {rows[last]['key']}"
     return resolve(cfg.model), f"{last} not built yet: checking the base model it starts from (`model:`)"
 

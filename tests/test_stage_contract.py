@@ -102,8 +102,8 @@ def _status(project: Path, home: Path, data: Path) -> dict[str, str]:
 
 
 def _published(data: Path) -> dict[str, int]:
-    return {s: sum(1 for p in (data / "artifacts" / s).iterdir() if (p / "manifest.json").is_file())
-            for s in pipeline.STAGES}
+    return {d.name: sum(1 for p in d.iterdir() if (p / "manifest.json").is_file())
+            for d in (data / "artifacts").iterdir() if d.name in pipeline.STAGES}
 
 
 @pytest.mark.slow
@@ -116,7 +116,7 @@ def test_editing_a_stage_makes_it_and_its_downstream_stale_and_only_those(tmp_pa
     first = _seva(project, home, "run", f"data_dir={data}", *OVERRIDES)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert set(_status(project, home, data).values()) == {"fresh"}
-    assert _published(data) == {s: 1 for s in pipeline.STAGES}
+    assert _published(data) == {s: 1 for s in pipeline.STAGES if s != "vicuna"}  # the toy preset has no vicuna
 
     with open(project / "seva_tasks" / "stages" / "filter.py", "a") as f:
         f.write("\n# a contributor's edit\n")

@@ -30,7 +30,7 @@ def test_conversations_are_short_seeded_and_cover_the_question_types():
     asked = {re.search(r"\n(\w+ \w+)", p).group(1) for p in prompts}
     assert {"Is there", "How many", "What color", "What shape", "On which"} <= asked
     lettered = sum("A. " in p for p in prompts)
-    assert 0.1 * len(convs) < lettered < 0.3 * len(convs)  # CHOICE_SHARE (0.2) of them
+    assert 0.4 * len(convs) < lettered < 0.6 * len(convs)  # CHOICE_SHARE + LOOKUP_SHARE (0.3 + 0.2) of them
 
 
 def test_answers_are_true_of_their_caption():
@@ -73,7 +73,8 @@ def test_lookup_names_its_answer_and_the_shares_hold():
         letter = c[1][0].removesuffix(SEP2).strip()
         assert lines[2 + "ABCD".index(letter)] == f"{letter}. {gold}", lines
         assert sum(line.endswith(f". {gold}") for line in lines[2:6]) == 1
-    assert lm.conversations(0, 600) == lm.conversations(0, 600, choice_share=0.2, lookup_share=0.0)
+    plain = lm.conversations(0, 600, choice_share=0.2, lookup_share=0.0)
+    assert not any("Which option is " in c[0][0] for c in plain) and 0.13 * 600 < sum("\nA. " in c[0][0] for c in plain) < 0.27 * 600
 
 
 def test_vicuna_config_rejects_shares_over_one():

@@ -2,16 +2,17 @@
 
     .venv/bin/python experiments/miniature/bind.py NAME STEPS LR LAYERS WIDTH HEADS [EVAL_EVERY] [HEAD_DIM] [SEED] [CHOICE_SHARE] [LOOKUP_SHARE]
 
-The LM phase's data (`toy.lm.conversations`: the caption where the image will be, one question) on a
+The vicuna stage's data (`toy.lm.conversations`: the caption where the image will be, one question) on a
 fresh Llama of the given shape with the default world's tokenizer, trained by a plain AdamW loop
 (50 warmup steps, cosine, clip 1.0, batch 32) instead of the HF Trainer: the same batches and loss
 (`toy.fit.collator`, `toy.fit.loss`), fast to sweep.
 Every EVAL_EVERY steps, held-out text accuracy per kind (`toy.lm.heldout`, 280 questions) as the
 vicuna stage measures it. HEAD_DIM (default WIDTH / HEADS) decouples the heads from the width, as
 Llama's `head_dim` allows: vLLM's CPU attention takes head_dim 32 but not 16. SEED (default 0) sets the
-weights and the training draws; the held-out questions stay seed 0's. CHOICE_SHARE (default
-0.2, the vicuna stage's `choice_share`) is the share of training conversations that ask a lettered
-choice, LOOKUP_SHARE (default 0, its `lookup_share`) the share whose lettered question names its answer. Writes `runs/NAME.json`.
+weights and the training draws; the held-out questions stay seed 0's. CHOICE_SHARE (the vicuna
+stage's `choice_share`, default `lm.CHOICE_SHARE`; 0.2 before session 8) is the share of training conversations that ask a
+lettered choice, LOOKUP_SHARE (its `lookup_share`, default `lm.LOOKUP_SHARE`; 0 before) the share whose lettered
+question names its answer. Writes `runs/NAME.json`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """One probe of the miniature: build a toy world, run the vicuna (with any `vicuna.*`) and pretrain stages
 on it, save the manifests' stats.
 
-    .venv/bin/python experiments/miniature/probe.py NAME [toy.KEY=V ...] [vicuna.KEY=V ...] [pretrain.KEY=V ...]
+    .venv/bin/python experiments/miniature/probe.py NAME [toy.KEY=V ...] [vicuna.KEY=V ...] [pretrain.KEY=V ...] [data_dir=DIR]
 
 Writes `experiments/miniature/runs/NAME.json` ({"overrides", "stats", "lm", "metrics"}): held-out accuracy per
 kind, the gates, the tower phase, and the vicuna stage's held-out text accuracy (`lm`). The world goes to
-/tmp/miniature/<toy overrides> unless toy.root is given; the stages' artifacts to /tmp/miniature/data-NAME,
-so a probe that repeats another's vicuna settings under the same NAME's store reuses its language model.
+/tmp/miniature/<toy overrides> unless toy.root is given; the stages' artifacts to /tmp/miniature/data-NAME
+unless data_dir is given: probes that share a data_dir (and a world) and repeat each other's vicuna settings
+share one language model.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(name: str, args: list[str]) -> None:
     toy_cfg = toy_config(_section(overrides, "toy"))
     toy.ensure(toy_cfg)
     vicuna = _section(overrides, "vicuna")
-    cfg = PipelineConfig(data_dir=Path(f"/tmp/miniature/data-{name}"), toy=toy_cfg, model=toy.model_dir(toy_cfg),
+    cfg = PipelineConfig(data_dir=Path(overrides.get("data_dir", f"/tmp/miniature/data-{name}")), toy=toy_cfg, model=toy.model_dir(toy_cfg),
                          vicuna=VicunaConfig.model_validate(vicuna) if vicuna else None,
                          pretrain=PretrainConfig.model_validate({
                              "annotations": str(toy.mix_path(toy_cfg)), "image_root": str(toy.images_dir(toy_cfg)),

@@ -46,12 +46,12 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from seva_tasks import progress
-from seva_tasks.base import StageConfig, resolve
+from seva_tasks.base import resolve
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
@@ -63,8 +63,8 @@ SOURCES = (*mix.PREFIXES, "text")  # "text": rows without an image (ShareGPT-lik
 log = logging.getLogger(__name__)
 
 
-class PretrainConfig(StageConfig):
-    """Instruction tuning of the toy LLaVA: data, optimiser and the held-out check.
+class PretrainConfig(fit.FitConfig):
+    """Instruction tuning of the toy LLaVA: data, optimiser (`toy.fit.FitConfig`'s too) and the held-out check.
 
     Args: see each field's description. The defaults train to well above chance in ~2-3 minutes on
     2 CPU cores (see the manifest's `heldout` and `seconds`).
@@ -77,16 +77,9 @@ class PretrainConfig(StageConfig):
         default_factory=lambda: {"gqa": 4000, "coco": 600, "ocr_vqa": 800, "textvqa": 400},
         description="Fresh training scenes per source (toy templates, this stage's own seed stream) on top of the mix.")
     steps: int = Field(1000, ge=1, description="Optimizer steps (~0.2 s each on one free core at the default sizes).")
-    batch_size: int = Field(32, ge=1, description="Conversations per step.")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (every weight is trained).")
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="transformers scheduler name.")
-    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_length: int = Field(512, ge=32, description="Conversations longer than this many tokens (image tokens included) are dropped and counted.")
     seed: int = Field(0, description="Seeds the extra scenes, data order and the held-out questions' scenes.")
-    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
     heldout: int = Field(640, ge=0, description="Held-out questions asked after training (split evenly over the 8 question types: 80 each, SE <= 0.06 a kind); 0: skip.")
-    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
     gate_pope: int = Field(300, ge=0, description="Held-out POPE-form questions (half about a present shape) for the gates; 0 (or heldout 0): no gates.")
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
     tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour/place heads) before instruction tuning, which then keeps the tower frozen; 0: none.")

@@ -22,11 +22,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
-from seva_tasks.base import StageConfig
 from seva_tasks.errors import InputError
 from seva_tasks.toy import fit, lm
 from seva_tasks.toy.heldout import majority
@@ -34,21 +32,16 @@ from seva_tasks.toy.heldout import majority
 log = logging.getLogger(__name__)
 
 
-class VicunaConfig(StageConfig):
-    """Text-only training of the toy LLaVA's language model: data, optimiser and the held-out check."""
+class VicunaConfig(fit.FitConfig):
+    """Text-only training of the toy LLaVA's language model: data, optimiser (`toy.fit.FitConfig`'s too) and the
+    held-out check. Each step's conversations are fresh scenes: steps × batch_size in all; at 1e-4, 1,500 steps
+    stay near the label prior."""
 
     steps: int = Field(3000, ge=1, description="Optimizer steps (3,000 at 1e-3 leave the label prior on the 2-layer LM; lettered choice needs more, experiments/miniature b2-b16).")
-    batch_size: int = Field(32, ge=1, description="Conversations per step (each is a fresh scene: steps × batch_size in all).")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (1,500 steps at 1e-4 stay near the prior).")
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="transformers scheduler name.")
-    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     choice_share: float = Field(lm.CHOICE_SHARE, ge=0, le=1, description="Share of conversations asking a lettered choice (A-OKVQA's form) instead of a GQA-style question.")
     lookup_share: float = Field(lm.LOOKUP_SHARE, ge=0, le=1, description="Share asking a lettered lookup whose question names its answer ('Which option is red?'): the letter hop alone, which lets lettered choice form (experiments/miniature b14-b16).")
     seed: int = Field(0, description="Seeds the conversations' scenes, the data order and the held-out questions.")
-    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
     heldout: int = Field(280, ge=0, description="Held-out text questions (split evenly over the 7 kinds); 0: skip.")
-    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
 
     @model_validator(mode="after")
     def _shares_fit(self) -> "VicunaConfig":

@@ -1,16 +1,32 @@
 """Training plumbing of the toy's two training stages (`vicuna`, `pretrain`): batches, the answer-only
 loss, transformers' `Trainer`, and a model directory saved with llava-hf names.
 
-`fit(cfg, ...)` reads the optimiser settings both stage configs name alike: steps, batch_size,
-learning_rate, lr_scheduler_type, warmup_steps, weight_decay, seed, logging_steps.
+`fit(cfg, ...)` reads `FitConfig`'s optimiser settings, which both stage configs inherit, and each
+stage's own `steps` and `seed`.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from seva_tasks import progress
+from seva_tasks.base import StageConfig
+
+
+class FitConfig(StageConfig):
+    """The optimiser settings of the toy's training stages (each adds its own `steps`, `seed` and data)."""
+
+    batch_size: int = Field(32, ge=1, description="Conversations per step.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (on every weight that gets a gradient).")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="transformers scheduler name.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
+    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
 
 
 def collator(pad_id: int, mean, std):
@@ -49,7 +65,7 @@ def loss(outputs, labels, num_items_in_batch=None):
     return F.cross_entropy(outputs.logits.float(), labels)
 
 
-def fit(cfg, model, examples: list[dict], processor, out_dir: Path, phase: str, desc: str) -> list[dict]:
+def fit(cfg: FitConfig, model, examples: list[dict], processor, out_dir: Path, phase: str, desc: str) -> list[dict]:
     """transformers.Trainer on every weight that gets a gradient; returns the log history, each entry
     tagged with `phase` (its name in metrics.jsonl). `desc` names the progress bar."""
     from transformers import Trainer, TrainingArguments

@@ -124,10 +124,7 @@ def fingerprint(cfg: PretrainConfig) -> dict:
 
 
 def _check_inputs(cfg: PretrainConfig, base: Path) -> None:
-    errors = []
-    if not (base / "config.json").is_file():
-        errors.append(f"Base model not found: {base} has no config.json. Build the toy world "
-                      "(python -m seva_tasks.toy) or point `model:` at it, e.g. model=data/toy/model.")
+    errors = [e for e in (fit.base_missing(base),) if e]
     if not resolve(cfg.annotations).is_file():
         errors.append(f"Mix not found: {resolve(cfg.annotations)}. Build the toy world (python -m seva_tasks.toy) "
                       "or set pretrain.annotations=data/toy/llava_v1_5_mix665k.json.")
@@ -252,18 +249,10 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         Manifest stats: counts (mix rows, extra scenes, examples, drops, answer tokens), steps,
         final loss, held-out accuracy per question type with chance levels, seconds.
     """
-    import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
-
     started = time.time()
     base = Path(inputs["model"])
     _check_inputs(cfg, base)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        processor = AutoProcessor.from_pretrained(base, local_files_only=True)
-        set_seed(cfg.seed)
-        model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    with fit.loaded(cfg, base) as (processor, model):
         tower_stats = _pretrain_tower(cfg, model, processor) if cfg.tower_steps else None
         history = tower_stats.pop("history") if tower_stats else []
         examples, counts = _examples(cfg, processor, model.config)
@@ -275,8 +264,6 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         model, processor = load(out_dir / "model") if items else (None, None)
         held = accuracy(model, processor, items) if items else {}
         gated = _gates(cfg, model, processor, items, held) if items and cfg.gate_pope else {}
-    finally:
-        torch.set_num_threads(threads)
     final = [s["loss"] for s in fit.metrics(out_dir, history) if s["phase"] == "instruct"]
     log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
     return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None, "tower": tower_stats,

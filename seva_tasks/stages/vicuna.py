@@ -60,20 +60,11 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         Manifest stats: conversations, steps, final loss, held-out text accuracy per kind with the majority
         answer's, seconds.
     """
-    import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
-
     started = time.time()
     base = Path(inputs["model"])
-    if not (base / "config.json").is_file():
-        raise InputError(f"Base model not found: {base} has no config.json. Build the toy world "
-                         "(python -m seva_tasks.toy) or point `model:` at it, e.g. model=data/toy/model.")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        processor = AutoProcessor.from_pretrained(base, local_files_only=True)
-        set_seed(cfg.seed)
-        model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    if error := fit.base_missing(base):
+        raise InputError(error)
+    with fit.loaded(cfg, base) as (processor, model):
         tok = processor.tokenizer
         examples = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
                                choice_share=cfg.choice_share, lookup_share=cfg.lookup_share)
@@ -82,8 +73,6 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         fit.save(model.eval(), base, out_dir / "model")
         items = lm.heldout(cfg.seed, cfg.heldout)
         accuracy = lm.accuracy(model, tok, items) if items else {}
-    finally:
-        torch.set_num_threads(threads)
     steps = fit.metrics(out_dir, history)
     log.info("Toy Vicuna trained; held-out text accuracy %s → %s", accuracy, out_dir / "model")
     return {"counts": {"conversations": len(examples)}, "steps": cfg.steps,

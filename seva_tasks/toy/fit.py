@@ -8,6 +8,7 @@ stage's own `steps` and `seed`.
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,31 @@ class FitConfig(StageConfig):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
     logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
+
+
+def base_missing(base: Path) -> str | None:
+    """The error for a base model directory a training stage cannot start from, or None."""
+    if (base / "config.json").is_file():
+        return None
+    return (f"Base model not found: {base} has no config.json. Build the toy world "
+            "(python -m seva_tasks.toy) or point `model:` at it, e.g. model=data/toy/model.")
+
+
+@contextmanager
+def loaded(cfg: FitConfig, base: Path):
+    """(processor, float32 model) of `base`, seeded by `cfg.seed`, with torch on `cfg.threads` threads
+    until the block ends (the caller's count restored)."""
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        processor = AutoProcessor.from_pretrained(base, local_files_only=True)
+        set_seed(cfg.seed)
+        yield processor, LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def collator(pad_id: int, mean, std):

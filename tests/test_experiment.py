@@ -40,6 +40,26 @@ def test_plan_sets_every_seed_key_and_checks_overrides_up_front(tmp_path):
         bad.runs()
 
 
+def test_every_experiment_file_plans_and_the_miniature_gives_each_seed_its_own_base():
+    from seva_tasks.base import resolve
+    from seva_tasks.config import load_config
+
+    files = sorted(resolve("configs/experiments").glob("*.yaml"))
+    assert len(files) >= 3, files
+    for path in files:
+        assert experiment.load(path).runs()  # every override checked against the schema
+    exp = experiment.load("configs/experiments/miniature.yaml")
+    plan = exp.runs()
+    assert {o["pretrain.seed"] for _, _, o in plan} == {0, 1, 2}
+    assert [s.name for s in exp.settings if s.control] == ["swapped", "shuffled", "sft-chosen", "blank-image"]
+    cfg = load_config(exp.preset)
+    # its own world: building it must not replace make run's data/toy
+    assert cfg.toy.root != load_config("toy").toy.root
+    assert cfg.pretrain.noise_step == cfg.augment.noise_step and cfg.vicuna is not None
+    for path in (cfg.model, cfg.pretrain.annotations, cfg.sample.annotations, cfg.evaluate.data_root):
+        assert str(path).startswith(str(cfg.toy.root)), path
+
+
 def test_summary_is_mean_and_sample_std_of_paired_deltas():
     s = experiment.summarize(RUNS)
     pope = s["paper"]["benchmarks"]["pope"]

@@ -182,8 +182,9 @@ def _pm(s: dict, signed: bool = False) -> str:
     return mean if s["std"] is None else f"{mean} ± {s['std']:.2f}"
 
 
-def table(exp: ExperimentConfig, summary: dict) -> str:
-    """Markdown: the headline setting per benchmark, then the sweep's deltas."""
+def table(exp: ExperimentConfig, summary: dict, verdict_: dict | None = None) -> str:
+    """Markdown: the headline setting per benchmark, then the sweep's deltas, the paired tests, the pair audit and
+    (given) the verdict."""
     head, *sweep = exp.settings
     s = summary[head.name]
     lines = [f"### {head.name}: {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), "
@@ -219,6 +220,7 @@ def table(exp: ExperimentConfig, summary: dict) -> str:
             cells = " | ".join(f"{q[k]['mean']:.1f}" for k in ("chosen_right", "rejected_right", "chosen_only",
                                                                 "rejected_only"))
             lines.append(f"| {name} | {q['pairs']['mean']:.1f} | {cells} |")
+    lines += verdict.markdown(verdict_) if verdict_ else []
     return "\n".join(lines) + "\n"
 
 
@@ -316,9 +318,10 @@ def write(exp: ExperimentConfig, runs: list[dict]) -> Path:
     summary = summarize(runs)
     (tmp / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-    (tmp / "table.md").write_text(table(exp, summary))
     controls = [s.name for s in exp.settings if s.control]
-    (tmp / "verdict.json").write_text(json.dumps(verdict.verdict(runs, exp.settings[0].name, controls), indent=1))
+    v = verdict.verdict(runs, exp.settings[0].name, controls)
+    (tmp / "verdict.json").write_text(json.dumps(v, indent=1))
+    (tmp / "table.md").write_text(table(exp, summary, v))
     _plot_seeds(summary, exp.settings[0].name, tmp / "plots" / "seeds.png")
     _plot_sweep(summary, tmp / "plots" / "sweep.png")
     old = out.with_name(f".{out.name}.old")

@@ -112,3 +112,34 @@ def verdict(runs: list[dict], headline: str, controls: list[str]) -> dict:
                      for name in controls},
         "worst_other_delta_in_se": worst,
     }
+
+
+def markdown(v: dict) -> list[str]:
+    """verdict.json as the table's last section: the gates per seed's base model, the headline deltas per seed,
+    the pooled test, the pair audit and the controls (the numbers the README's reading quotes)."""
+    seeds = v["seeds"]
+    if not seeds:
+        return []
+    cols = " | ".join(f"seed {s}" for s in seeds)
+    lines = ["", f"### Verdict (`verdict.json`, setting `{v['setting']}`)", "",
+             f"| | {cols} | |", "|---|" + "---:|" * len(seeds) + "---|"]
+    for name, g in v["gates"].items():
+        values = " | ".join(f"{x:.3f}" for x in g["value"])
+        lines.append(f"| gate `{name}` ({g['threshold']}) | {values} | {'passed' if g['passed'] else '**failed**'} |")
+
+    def row(label: str, xs: list[float], note: str) -> None:
+        if xs:
+            lines.append(f"| {label} | " + " | ".join(f"{x:+.2f}" for x in xs) + f" | {note} |")
+
+    m = v["pope_mcnemar"]
+    row("POPE F1 Δ", v["pope_f1_delta"], f"McNemar p = {v['pope_f1_mcnemar_p']:.2g} "
+        f"(base-only right {m['b_base_only']}, aligned-only right {m['c_aligned_only']})")
+    row("POPE AUROC of p(yes) Δ ×100", [100 * x for x in v["auroc_delta"]],
+        f"mean {100 * statistics.fmean(v['auroc_delta']):+.2f}" if v["auroc_delta"] else "")
+    for name, c in v["controls"].items():
+        row(f"control `{name}`: POPE F1 Δ", c["pope_f1_delta"], "")
+    p = v["pairs"]
+    lines += ["", f"Pairs pooled over seeds: only the chosen answer right {p['only_chosen_right']}, only the rejected "
+              f"{p['only_rejected_right']}. Worst other benchmark's mean Δ: "
+              + ("–" if v["worst_other_delta_in_se"] is None else f"{v['worst_other_delta_in_se']:+.2f} SE") + "."]
+    return lines

@@ -206,8 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `key=value` overrides may also follow an option (`seva run toy --until x a.b=1`),
+    which argparse alone would reject: it ends the positionals at the option."""
+    parser = build_parser()
+    ns, rest = parser.parse_known_args(argv)
+    if rest and isinstance(getattr(ns, "args", None), list) and not any(r.startswith("-") for r in rest):
+        ns.args += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return ns
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    ns = parse(argv)
     try:
         return ns.fn(ns)
     except SevaError as e:

@@ -63,3 +63,12 @@ def test_config_is_frozen():
 def test_cli_reports_config_error_without_traceback(capsys):
     assert main(["status", "augment.nois=3"]) == 2
     assert "augment.nois: unknown key" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_an_option_on_the_command_line():
+    from seva_tasks import cli
+
+    ns = cli.parse(["run", "toy-miniature", "--until", "pretrain", "pretrain.seed=1", "--refresh", "vicuna"])
+    assert (ns.args, ns.until, ns.refresh) == (["toy-miniature", "pretrain.seed=1"], "pretrain", ["vicuna"])
+    with pytest.raises(SystemExit):
+        cli.parse(["run", "toy", "--until", "pretrain", "--bogus"])

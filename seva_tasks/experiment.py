@@ -144,7 +144,10 @@ def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, ref
         base, aligned = e.get("base", {}).get(h), e.get("aligned", {}).get(h)
         if base is not None and aligned is not None:
             bench[name] = {"metric": h, "base": base, "aligned": aligned}
+    pope = metrics["benchmarks"].get("pope", {})
+    splits = {m: {k: v for k, v in pope.get(m, {}).items() if "/" in k} for m in ("base", "aligned") if m in pope}
     line = {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept, "pair_quality": quality,
+            "pope_splits": splits,
             "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench, "gates": gates(refs),
             "paired": verdict.paired(Path(last["evaluate"]["path"]) / "results.parquet")}
     if exp.auroc and "pope" in bench:
@@ -172,7 +175,10 @@ def summarize(runs: list[dict]) -> dict:
                            "aligned": _stats([x["aligned"] for x in rows]),
                            "delta": _stats([x["aligned"] - x["base"] for x in rows])}
         quality = {k: _stats([r["pair_quality"][k] for r in mine]) for k in mine[0].get("pair_quality", {})}
+        splits = {m: {k: statistics.fmean(r["pope_splits"][m][k] for r in mine) for k in mine[0]["pope_splits"][m]}
+                  for m in mine[0].get("pope_splits", {}) if all(m in r.get("pope_splits", {}) for r in mine)}
         out[setting] = {"seeds": [r["seed"] for r in mine], "pairs": _stats([r["pairs"] for r in mine]),
+                        "pope_splits": splits,
                         "pair_quality": quality, "benchmarks": bench, "paired": verdict.pooled(mine)}
     return out
 
@@ -220,8 +226,24 @@ def table(exp: ExperimentConfig, summary: dict, verdict_: dict | None = None) ->
             cells = " | ".join(f"{q[k]['mean']:.1f}" for k in ("chosen_right", "rejected_right", "chosen_only",
                                                                 "rejected_only"))
             lines.append(f"| {name} | {q['pairs']['mean']:.1f} | {cells} |")
+    lines += _pope_splits(summary[head.name])
     lines += verdict.markdown(verdict_) if verdict_ else []
     return "\n".join(lines) + "\n"
+
+
+def _pope_splits(s: dict) -> list[str]:
+    """The headline's POPE per split, base → aligned (mean over seeds): a shifted prior moves the yes-ratio and
+    trades precision for recall; better grounding raises both."""
+    base, aligned = s.get("pope_splits", {}).get("base"), s.get("pope_splits", {}).get("aligned")
+    if not base or not aligned:
+        return []
+    lines = ["", "### POPE per split, base → aligned (mean over seeds)", "",
+             "| Split | precision | recall | F1 | yes-ratio |", "|---|---:|---:|---:|---:|"]
+    for split in dict.fromkeys(k.split("/")[0] for k in base):
+        cells = " | ".join(f"{base[f'{split}/{m}']:.2f} → {aligned[f'{split}/{m}']:.2f}"
+                           for m in ("precision", "recall", "f1", "yes_ratio"))
+        lines.append(f"| {split} | {cells} |")
+    return lines
 
 
 def _paired_table(exp: ExperimentConfig, summary: dict) -> list[str]:

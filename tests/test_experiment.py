@@ -89,6 +89,15 @@ def test_outputs_table_and_plots(tmp_path):
     out = experiment.write(exp, RUNS[:1])
     assert len((out / "runs.jsonl").read_text().splitlines()) == 1
     assert not list(tmp_path.glob(".out.*"))
+    assert "### POPE per split" not in table  # these runs carry no per-split POPE
+    split = {"adversarial/precision": 80.0, "adversarial/recall": 90.0, "adversarial/f1": 84.0,
+             "adversarial/yes_ratio": 60.0}
+    runs = [{**r, "pope_splits": {"base": split, "aligned": {**split, "adversarial/yes_ratio": 50.0 + 3 * r["seed"]}}}
+            for r in RUNS[:3]]
+    table = (experiment.write(exp, runs) / "table.md").read_text()
+    # yes-ratio 50, 53, 56 after SeVa: mean 53
+    assert "| adversarial | 80.00 → 80.00 | 90.00 → 90.00 | 84.00 → 84.00 | 60.00 → 53.00 |" in table
+    assert "### Verdict (`verdict.json`, setting `paper`)" in table
 
 
 def test_missing_experiment_file_is_named(tmp_path):

@@ -90,20 +90,27 @@ def _right(answer: str, reference: str) -> bool:
     return bool(r) and (a == r or a.startswith(r + " "))
 
 
-def pair_quality(pairs: Path, annotations: Path) -> dict[str, int]:
-    """How often the chosen (clean-image) and rejected (noised) answers match the mix's own answer.
+COUNTS = ("pairs", "with_reference", "chosen_right", "rejected_right", "chosen_only", "rejected_only")
+
+
+def pair_audit(pairs: Path, annotations: Path) -> dict[str, dict[str, int]]:
+    """How often the chosen (clean-image) and rejected (noised) answers match the mix's own answer, per kind of
+    question: `yes/no` where the mix answers yes or no (POPE's form), else the row's subset.
 
     SeVa's premise is that chosen beats rejected; `chosen_only` counts the pairs where it visibly
     does (chosen right, rejected wrong), `rejected_only` the reverse.
     """
     import polars as pl
 
-    df = pl.read_parquet(pairs, columns=["id", "chosen", "rejected"])
+    df = pl.read_parquet(pairs)
     refs = reference_answers(annotations, set(df["id"].to_list()))
-    q = {"pairs": df.height, "with_reference": 0, "chosen_right": 0, "rejected_right": 0, "chosen_only": 0,
-         "rejected_only": 0}
-    for row in df.iter_rows(named=True):
-        if (ref := refs.get(row["id"])) is None:
+    subsets = df["subset"].to_list() if "subset" in df.columns else ["all"] * df.height
+    out: dict[str, dict[str, int]] = {}
+    for row, subset in zip(df.select("id", "chosen", "rejected").iter_rows(named=True), subsets):
+        ref = refs.get(row["id"])
+        q = out.setdefault("yes/no" if ref is not None and _norm(ref) in ("yes", "no") else subset, dict.fromkeys(COUNTS, 0))
+        q["pairs"] += 1
+        if ref is None:
             continue
         c, r = _right(row["chosen"][-1]["content"], ref), _right(row["rejected"][-1]["content"], ref)
         q["with_reference"] += 1
@@ -111,7 +118,12 @@ def pair_quality(pairs: Path, annotations: Path) -> dict[str, int]:
         q["rejected_right"] += r
         q["chosen_only"] += c and not r
         q["rejected_only"] += r and not c
-    return q
+    return out
+
+
+def pair_quality(audit: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The audit's counts summed over its kinds."""
+    return {k: sum(q[k] for q in audit.values()) for k in COUNTS}
 
 
 def gates(refs: dict[str, dict]) -> dict[str, dict]:
@@ -137,7 +149,7 @@ def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, ref
     last = {name: refs[pipeline.node(name, cfg.rounds)] for name in ("filter", "train", "evaluate")}
     metrics = json.loads((Path(last["evaluate"]["path"]) / "metrics.json").read_text())
     kept = json.loads((Path(last["filter"]["path"]) / "manifest.json").read_text())["stats"]["counts"]["kept"]
-    quality = pair_quality(Path(last["filter"]["path"]) / "pairs.parquet", cfg.sample.annotations)
+    audit = pair_audit(Path(last["filter"]["path"]) / "pairs.parquet", cfg.sample.annotations)
     bench = {}
     for name, e in metrics["benchmarks"].items():
         h = e["headline"]
@@ -146,7 +158,8 @@ def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, ref
             bench[name] = {"metric": h, "base": base, "aligned": aligned}
     pope = metrics["benchmarks"].get("pope", {})
     splits = {m: {k: v for k, v in pope.get(m, {}).items() if "/" in k} for m in ("base", "aligned") if m in pope}
-    line = {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept, "pair_quality": quality,
+    line = {"setting": setting, "seed": seed, "overrides": overrides, "pairs": kept,
+            "pair_quality": pair_quality(audit), "pair_audit": audit,
             "pope_splits": splits,
             "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench, "gates": gates(refs),
             "paired": verdict.paired(Path(last["evaluate"]["path"]) / "results.parquet")}
@@ -177,8 +190,12 @@ def summarize(runs: list[dict]) -> dict:
         quality = {k: _stats([r["pair_quality"][k] for r in mine]) for k in mine[0].get("pair_quality", {})}
         splits = {m: {k: statistics.fmean(r["pope_splits"][m][k] for r in mine) for k in mine[0]["pope_splits"][m]}
                   for m in mine[0].get("pope_splits", {}) if all(m in r.get("pope_splits", {}) for r in mine)}
+        audit: dict[str, dict[str, int]] = {}
+        for r in mine:
+            for kind, q in r.get("pair_audit", {}).items():
+                audit[kind] = {k: audit.get(kind, {}).get(k, 0) + q[k] for k in COUNTS}
         out[setting] = {"seeds": [r["seed"] for r in mine], "pairs": _stats([r["pairs"] for r in mine]),
-                        "pope_splits": splits,
+                        "pope_splits": splits, "pair_audit": audit,
                         "pair_quality": quality, "benchmarks": bench, "paired": verdict.pooled(mine)}
     return out
 
@@ -226,6 +243,12 @@ def table(exp: ExperimentConfig, summary: dict, verdict_: dict | None = None) ->
             cells = " | ".join(f"{q[k]['mean']:.1f}" for k in ("chosen_right", "rejected_right", "chosen_only",
                                                                 "rejected_only"))
             lines.append(f"| {name} | {q['pairs']['mean']:.1f} | {cells} |")
+    if audit := summary[head.name].get("pair_audit"):
+        lines += ["", f"### {head.name}: the pair audit by kind of question (summed over seeds)", "",
+                  "| Kind | Pairs | chosen right | rejected right | only chosen right | only rejected right |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {kind} | " + " | ".join(str(q[k]) for k in COUNTS if k != "with_reference") + " |"
+                  for kind, q in sorted(audit.items())]
     lines += _pope_splits(summary[head.name])
     lines += verdict.markdown(verdict_) if verdict_ else []
     return "\n".join(lines) + "\n"

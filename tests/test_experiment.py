@@ -98,6 +98,9 @@ def test_outputs_table_and_plots(tmp_path):
     # yes-ratio 50, 53, 56 after SeVa: mean 53
     assert "| adversarial | 80.00 → 80.00 | 90.00 → 90.00 | 84.00 → 84.00 | 60.00 → 53.00 |" in table
     assert "### Verdict (`verdict.json`, setting `paper`)" in table
+    audit = {"yes/no": dict(zip(experiment.COUNTS, (5, 5, 3, 1, 3, 1)))}
+    table = (experiment.write(exp, [{**r, "pair_audit": audit} for r in RUNS[:3]]) / "table.md").read_text()
+    assert "| yes/no | 15 | 9 | 3 | 9 | 3 |" in table  # summed over the three seeds
 
 
 def test_missing_experiment_file_is_named(tmp_path):
@@ -127,11 +130,15 @@ def test_pair_quality_checks_chosen_and_rejected_against_the_mix(tmp_path):
                   "chosen": [turn("No, it is not."), turn("Ann Lee"), turn("Red"), turn("x")],
                   "rejected": [turn("Nothing"), turn("ann lee!"), turn("red sky"), turn("y")]}).write_parquet(
         tmp_path / "pairs.parquet")
-    q = experiment.pair_quality(tmp_path / "pairs.parquet", tmp_path / "mix.json")
+    audit = experiment.pair_audit(tmp_path / "pairs.parquet", tmp_path / "mix.json")
     # b1:0 chosen right ("No" as a whole word), rejected wrong ("Nothing"); b1:1 both right;
     # b2:0 only rejected right (a prefix of the title is not the title); zz:0 has no reference.
-    assert q == {"pairs": 4, "with_reference": 3, "chosen_right": 2, "rejected_right": 2, "chosen_only": 1,
-                 "rejected_only": 1}
+    assert experiment.pair_quality(audit) == {"pairs": 4, "with_reference": 3, "chosen_right": 2, "rejected_right": 2,
+                                              "chosen_only": 1, "rejected_only": 1}
+    # b1:0's reference is "No": a yes/no question; the rest by subset ("all": this parquet has no subset column)
+    assert audit["yes/no"] == {"pairs": 1, "with_reference": 1, "chosen_right": 1, "rejected_right": 0,
+                               "chosen_only": 1, "rejected_only": 0}
+    assert audit["all"]["pairs"] == 3 and audit["all"]["rejected_only"] == 1
 
 
 def test_mcnemar_and_auroc_on_hand_computed_cases():

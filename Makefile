@@ -63,9 +63,10 @@ browser:
 stop:
 	-$(VENV)/bin/seva stop
 
-# Base vs SeVa-aligned on the toy benchmarks over 3 seeds + a small sweep -> experiments/toy-seva/.
+# SeVa on the faithful miniature: base models that see (one per seed), SeVa and four controls over 3 seeds
+# -> experiments/miniature-seva/ (~2 h cold on 2 cores). make run's world: seva experiment configs/experiments/toy-seva.yaml
 experiment: setup
-	$(VENV)/bin/seva experiment configs/experiments/toy-seva.yaml
+	$(VENV)/bin/seva experiment configs/experiments/miniature.yaml
 
 bench: setup
 	$(VENV)/bin/python bench/run.py

@@ -1,6 +1,6 @@
 """The `seva-experiment` flow: one `seva` subflow per (setting, seed), then the table and plots.
 
-    make experiment
+    make experiment                                   # configs/experiments/miniature.yaml
     prefect deployment run seva-experiment/toy-seva --watch
     seva experiment configs/experiments/toy-seva.yaml
 

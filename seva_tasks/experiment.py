@@ -1,13 +1,13 @@
 """Base vs SeVa-aligned over seeds and settings: the plan, the table and the plots (no Prefect here).
 
-    make experiment                       # configs/experiments/toy-seva.yaml -> experiments/toy-seva/
+    make experiment                       # configs/experiments/miniature.yaml -> experiments/miniature-seva/
     seva experiment configs/experiments/toy-seva.yaml
 
 An experiment is a preset, seeds, and named settings (dotted overrides). Each (setting, seed) is one
 run of the `seva` flow (flows/experiment.py), so every stage is cached as usual: a second invocation
 costs nothing, and settings that share a prefix of the chain share its artifacts. A seed sets every
-`seed_keys` field (by default sample, augment and train): the base model is the same pretrained model
-in every run, so its scores do not vary and each delta is a paired comparison on that model.
+`seed_keys` field (by default sample, augment and train: the base model is the same pretrained model in
+every run; add pretrain.seed, as miniature.yaml does, for a base per seed); each delta is paired on its base.
 
 Outputs, written as one directory swap: `runs.jsonl` (one line per run: setting, seed, stage keys,
 pairs kept, base and aligned headline metrics), `summary.json`, `table.md`, `plots/seeds.png` (base vs

@@ -108,7 +108,8 @@ def verdict(runs: list[dict], headline: str, controls: list[str]) -> dict:
         "pope_f1_mcnemar_p": mcnemar_p(b, c),
         "auroc_delta": [r["auroc"]["aligned"] - r["auroc"]["base"] for r in head if r.get("auroc")],
         "pairs": pairs,
-        "controls": {name: {"pope_f1_delta": deltas([r for r in runs if r["setting"] == name], HEADLINE)}
+        "controls": {name: {"seeds": [r["seed"] for r in runs if r["setting"] == name and HEADLINE in r["benchmarks"]],
+                            "pope_f1_delta": deltas([r for r in runs if r["setting"] == name], HEADLINE)}
                      for name in controls},
         "worst_other_delta_in_se": worst,
     }
@@ -127,9 +128,12 @@ def markdown(v: dict) -> list[str]:
         values = " | ".join(f"{x:.3f}" for x in g["value"])
         lines.append(f"| gate `{name}` ({g['threshold']}) | {values} | {'passed' if g['passed'] else '**failed**'} |")
 
-    def row(label: str, xs: list[float], note: str) -> None:
+    def row(label: str, xs: list[float], note: str, at: list[int] | None = None) -> None:
+        """One value per seed column ("–" for a seed the setting did not run)."""
         if xs:
-            lines.append(f"| {label} | " + " | ".join(f"{x:+.2f}" for x in xs) + f" | {note} |")
+            by_seed = dict(zip(at or seeds, xs))
+            cells = [f"{by_seed[s]:+.2f}" if s in by_seed else "–" for s in seeds]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {note} |")
 
     m = v["pope_mcnemar"]
     row("POPE F1 Δ", v["pope_f1_delta"], f"McNemar p = {v['pope_f1_mcnemar_p']:.2g} "
@@ -137,7 +141,7 @@ def markdown(v: dict) -> list[str]:
     row("POPE AUROC of p(yes) Δ ×100", [100 * x for x in v["auroc_delta"]],
         f"mean {100 * statistics.fmean(v['auroc_delta']):+.2f}" if v["auroc_delta"] else "")
     for name, c in v["controls"].items():
-        row(f"control `{name}`: POPE F1 Δ", c["pope_f1_delta"], "")
+        row(f"control `{name}`: POPE F1 Δ", c["pope_f1_delta"], "", c.get("seeds"))
     p = v["pairs"]
     lines += ["", f"Pairs pooled over seeds: only the chosen answer right {p['only_chosen_right']}, only the rejected "
               f"{p['only_rejected_right']}. Worst other benchmark's mean Δ: "

@@ -176,14 +176,14 @@ def test_verdict_pools_seeds_and_reports_controls_and_gates():
     assert v["pope_f1_mcnemar_p"] == pytest.approx(verdict.mcnemar_p(3, 12))
     assert v["gates"]["pope_f1"] == {"value": [0.9, 0.8, 0.8], "threshold": "0.7..0.88", "passed": False}
     assert v["pairs"] == {"only_chosen_right": 1 + 2 + 3, "only_rejected_right": 0}
-    assert v["controls"] == {"swapped": {"pope_f1_delta": [-10.0]}}
+    assert v["controls"] == {"swapped": {"seeds": [0], "pope_f1_delta": [-10.0]}}
     # gqa: mean delta -1 over SE sqrt(3 * 2^2) / 3
     assert v["worst_other_delta_in_se"] == pytest.approx(-1 / (12 ** 0.5 / 3))
     md = "\n".join(verdict.markdown({**v, "auroc_delta": [0.01, -0.02, 0.04]}))
     assert "| gate `pope_f1` (0.7..0.88) | 0.900 | 0.800 | 0.800 | **failed** |" in md
     assert "| POPE F1 Δ | +2.00 | +6.00 | +1.00 | McNemar p = " in md
     assert "| POPE AUROC of p(yes) Δ ×100 | +1.00 | -2.00 | +4.00 | mean +1.00 |" in md
-    assert "| control `swapped`: POPE F1 Δ | -10.00 |" in md
+    assert "| control `swapped`: POPE F1 Δ | -10.00 | – | – |  |" in md  # seed 0 only: the others' cells stay empty
     assert "only the chosen answer right 6, only the rejected 0" in md
 
 

@@ -102,9 +102,10 @@ def pair_audit(pairs: Path, annotations: Path) -> dict[str, dict[str, int]]:
     """
     import polars as pl
 
-    df = pl.read_parquet(pairs)
+    has_subset = "subset" in pl.read_parquet_schema(pairs)
+    df = pl.read_parquet(pairs, columns=["id", "chosen", "rejected", *(["subset"] if has_subset else [])])  # not the images
     refs = reference_answers(annotations, set(df["id"].to_list()))
-    subsets = df["subset"].to_list() if "subset" in df.columns else ["all"] * df.height
+    subsets = df["subset"].to_list() if has_subset else ["all"] * df.height
     out: dict[str, dict[str, int]] = {}
     for row, subset in zip(df.select("id", "chosen", "rejected").iter_rows(named=True), subsets):
         ref = refs.get(row["id"])

@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--data", required=True, type=Path, help="the benchmark's folder (LLaVA's playground/data/eval layout)")
     sc.add_argument("--answers", required=True, type=Path, help="answer JSONL: question_id, text[, prompt]")
     sc.add_argument("judge", nargs="*", help="judge.key=value (MM-Vet, LLaVA-Bench, MMBench fallback)")
+    sc.set_defaults(overrides_dest="judge")
     sc.set_defaults(fn=cmd_score)
 
     ins = sub.add_parser("inspect", help="preview an artifact: `pairs` (polars preview + filter counts), or "
@@ -207,12 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; `key=value` overrides may also follow an option (`seva run toy --until x a.b=1`),
-    which argparse alone would reject: it ends the positionals at the option."""
+    """The command line; `key=value` overrides may also follow an option (`seva run toy --until x a.b=1`,
+    `seva score pope --data D --answers A judge.runs=3`), which argparse alone would reject: it ends the
+    positionals at the option."""
     parser = build_parser()
     ns, rest = parser.parse_known_args(argv)
-    if rest and isinstance(getattr(ns, "args", None), list) and not any(r.startswith("-") for r in rest):
-        ns.args += rest
+    dest = getattr(ns, "overrides_dest", "args")  # the subcommand's trailing key=value positional
+    if rest and isinstance(getattr(ns, dest, None), list) and not any(r.startswith("-") for r in rest):
+        getattr(ns, dest).extend(rest)
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return ns

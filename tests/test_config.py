@@ -70,5 +70,7 @@ def test_overrides_may_follow_an_option_on_the_command_line():
 
     ns = cli.parse(["run", "toy-miniature", "--until", "pretrain", "pretrain.seed=1", "--refresh", "vicuna"])
     assert (ns.args, ns.until, ns.refresh) == (["toy-miniature", "pretrain.seed=1"], "pretrain", ["vicuna"])
+    ns = cli.parse(["score", "pope", "--data", "d", "--answers", "a.jsonl", "judge.runs=2"])
+    assert ns.judge == ["judge.runs=2"] and not hasattr(ns, "args")
     with pytest.raises(SystemExit):
         cli.parse(["run", "toy", "--until", "pretrain", "--bogus"])

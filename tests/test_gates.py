@@ -23,10 +23,12 @@ def test_always_yes_on_balanced_pope_gives_f1_two_thirds():
 
 
 def test_judge_checks_each_bound_and_names_the_threshold():
-    values = {"heldout_all": 0.85, "heldout_shape": 0.79, "pope_yes_ratio": 0.70, "pope_f1": 0.95, "noise_drop": 0.2}
+    values = {"heldout_all": 0.85, "heldout_shape": 0.79, "pope_yes_ratio": 0.70, "pope_f1": 0.95, "noise_drop": 0.2,
+              "noise_yes_shift": -0.03}
     g = gates.judge(values)
     assert {k: v["passed"] for k, v in g.items()} == {
-        "heldout_all": True, "heldout_shape": False, "pope_yes_ratio": True, "pope_f1": False, "noise_drop": True}
+        "heldout_all": True, "heldout_shape": False, "pope_yes_ratio": True, "pope_f1": False, "noise_drop": True,
+        "noise_yes_shift": False}  # noise made the answers say "no" more: the wrong direction for SeVa
     assert g["pope_f1"] == {"value": 0.95, "threshold": "0.7..0.88", "passed": False}
     assert g["heldout_shape"]["threshold"] == ">= 0.8"
     assert gates.judge({**values, "pope_yes_ratio": 0.5})["pope_yes_ratio"]["passed"] is False  # below the band

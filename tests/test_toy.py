@@ -317,6 +317,20 @@ def test_lm_heads_keep_head_dim_32_at_any_width(four_heads):
     assert out.logits.shape == (1, 4, text.vocab_size)
 
 
+def test_split_punctuation_keeps_question_marks_and_newlines_out_of_words():
+    """The toy corpus asks "What color is the circle?" so often that plain BPE learns "circle?" as a word of its own,
+    which the caption's and the image's "circle" are not; `split_punctuation` learns no merge across them."""
+    from seva_tasks.toy.model import _train_tokenizer
+
+    texts = ["What color is the circle?\nAnswer the question.", "A red circle on the top left, a blue square.",
+             "What color is the circle?"] * 50
+    text = "What color is the circle?\nAnswer."
+    plain, split = _train_tokenizer(texts, 600), _train_tokenizer(texts, 600, split_punctuation=True)
+    assert "\u2581circle?" in plain.tokenize(text)
+    assert split.tokenize(text) == ["\u2581What", "\u2581color", "\u2581is", "\u2581the", "\u2581circle", "?", "<0x0A>", "Answer", "."]
+    assert split.decode(split(text).input_ids, skip_special_tokens=True) == text
+
+
 def test_tokenizer_and_chat_template_are_llava_hf_s(world):
     import json
 

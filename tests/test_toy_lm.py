@@ -17,7 +17,7 @@ from seva_tasks.config import PipelineConfig
 from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, SYSTEMS
 from seva_tasks.stages.pretrain import PretrainConfig
 from seva_tasks.stages.vicuna import VicunaConfig
-from seva_tasks.toy import ToyConfig, gates, lm
+from seva_tasks.toy import ToyConfig, gates, lm, tower
 
 
 def test_conversations_are_short_seeded_and_cover_the_question_types():
@@ -46,6 +46,27 @@ def test_answers_are_true_of_their_caption():
             assert answer == ("yes" if f" {m.group(1)} on the " in caption else "no"), (caption, question, answer)
             checked += 1
     assert checked > 100
+
+
+def test_grid_captions_are_the_words_the_role_tower_aligns_and_answers_hold_on_them():
+    """With a grid, the image's place holds one word per image token (`tower.grid_words`); answers stay true."""
+    convs = lm.conversations(3, 600, grid=4)
+    assert convs != lm.conversations(3, 600) and [c[1] for c in convs] == [c[1] for c in lm.conversations(3, 600)]
+    checked = 0
+    for c in convs:
+        caption, question = c[0][0].removeprefix("USER: ").split("\n", 1)
+        words, answer = caption.split(), c[1][0].removesuffix(SEP2).strip()
+        assert len(words) == 16 and set(words) <= set(tower.ROLE_WORDS), caption
+        if m := re.match(r"How many (\w+)s are there\?", question):
+            assert answer == str(words.count(m.group(1))), (caption, question, answer)
+            checked += 1
+        elif m := re.fullmatch(r"What shape is the (\w+) object\?", question):  # the word after the colour
+            assert answer == words[words.index(m.group(1)) + 1], (caption, question, answer)
+            checked += 1
+    assert checked > 40  # measured 57
+    held = lm.heldout(0, 70, grid=4)
+    assert [it["answer"] for it in held] == [it["answer"] for it in lm.heldout(0, 70)]
+    assert all(len(it["segments"][0][0].split("\n")[0].split()) == 17 for it in held)  # "USER:" + 16 words
 
 
 def test_heldout_items_are_fresh_and_caption_based():
@@ -148,6 +169,7 @@ def test_gates_are_measured_and_judged_in_the_manifest(stages):
     assert pope["questions"] == 40 and pope["noise_step"] == 500
     assert g["pope_f1"]["value"] == pope["clean"]["f1"] and g["pope_yes_ratio"]["value"] == pope["clean"]["yes_ratio"]
     assert g["noise_drop"]["value"] == pytest.approx(held["accuracy"]["all"] - held["noised"]["all"], abs=1e-4)
+    assert g["noise_yes_shift"]["value"] == pytest.approx(pope["noised"]["yes_ratio"] - pope["clean"]["yes_ratio"], abs=1e-4)
     assert g["heldout_all"] == {"value": held["accuracy"]["all"], "threshold": ">= 0.85",
                                 "passed": held["accuracy"]["all"] >= 0.85}
     assert 0 <= pope["noised"]["yes_ratio"] <= 1 and set(held["noised"]) == set(held["accuracy"])

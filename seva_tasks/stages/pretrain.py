@@ -86,6 +86,7 @@ class PretrainConfig(fit.FitConfig):
     tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
     tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best on the vicuna stage's model.")
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
+    tower_roles: bool = Field(False, description="With tower_align: one word per image token (a cell's patches name its object's colour, shape, vertical and side; `toy.tower.ROLES`), the words of the vicuna stage's `grid_caption`, instead of every word at once.")
     freeze_projector: bool = Field(False, description="With tower_align: keep the aligned projector frozen during instruction tuning too, so the image tokens keep pointing at the words (w/o: 'which side' falls to chance, experiments/miniature y7 vs y10).")
 
     @field_validator("sources")
@@ -98,6 +99,9 @@ class PretrainConfig(fit.FitConfig):
 
     @model_validator(mode="after")
     def _frozen_projector_is_aligned(self) -> "PretrainConfig":
+        if self.tower_roles and not (self.tower_align and self.tower_steps):
+            raise ValueError("pretrain.tower_roles aligns each image token with one word; it needs tower_steps > 0 and "
+                             f"tower_align: true (got tower_steps={self.tower_steps}, tower_align={self.tower_align}).")
         if self.freeze_projector and not (self.tower_align and self.tower_steps):
             raise ValueError("pretrain.freeze_projector keeps the projector the aligned tower phase trained; it needs "
                              f"tower_steps > 0 and tower_align: true (got tower_steps={self.tower_steps}, "
@@ -214,9 +218,11 @@ def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
     """Vision pretraining (`toy.tower`), then the tower frozen for instruction tuning, as LLaVA-1.5 freezes CLIP."""
     ip = processor.image_processor
     log.info("Vision pretraining: %d steps of %d scenes.", cfg.tower_steps, cfg.tower_batch_size)
-    words = {w: processor.tokenizer(f" {w}", add_special_tokens=False).input_ids for v in tower.ATTRIBUTES.values() for w in v}
+    names = tower.ROLE_WORDS if cfg.tower_roles else [w for v in tower.ATTRIBUTES.values() for w in v]
+    words = {w: processor.tokenizer(f" {w}", add_special_tokens=False).input_ids for w in names}
     stats = tower.train(model, steps=cfg.tower_steps, batch_size=cfg.tower_batch_size, learning_rate=cfg.tower_learning_rate,
                         seed=cfg.seed, mean=ip.image_mean, std=ip.image_std, words=words if cfg.tower_align else None,
+                        roles=cfg.tower_roles,
                         logging_steps=cfg.logging_steps,
                         on_step=lambda i, n: progress.report("pretrain (tower)", i, n))
     tower.freeze(model, projector=cfg.freeze_projector)
@@ -232,7 +238,8 @@ def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict)
             "noised": gates.pope(ask(model, processor, pope_items, noise_step=cfg.noise_step, seed=cfg.seed), labels),
             "questions": len(pope_items), "noise_step": cfg.noise_step}
     values = {"heldout_all": held["all"], "heldout_shape": held.get("shape", 0.0), "pope_yes_ratio": pope["clean"]["yes_ratio"],
-              "pope_f1": pope["clean"]["f1"], "noise_drop": held["all"] - noised["all"]}
+              "pope_f1": pope["clean"]["f1"], "noise_drop": held["all"] - noised["all"],
+              "noise_yes_shift": pope["noised"]["yes_ratio"] - pope["clean"]["yes_ratio"]}
     return {"gates": gates.judge(values), "pope": pope, "noised": noised}
 
 

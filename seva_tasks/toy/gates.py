@@ -4,7 +4,8 @@ Real LLaVA-1.5 sees (held-out accuracy high), leans mildly to "yes" on POPE (F1 
 detail at SeVa's noise step. A toy base model must have the same three properties, or the experiment
 measures nothing (issue 13, experiments/miniature/README.md). The pretrain stage measures these on
 held-out scenes and writes them to its manifest's `gates`; `experiment.check_gates` refuses a base that
-fails one, by name.
+fails one, by name. The issue's five, and `noise_yes_shift`: the third property's direction, which the
+first miniature lacked (noise made its answers miss objects, not imagine them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ THRESHOLDS: dict[str, tuple[float | None, float | None]] = {
     "pope_yes_ratio": (0.55, 0.70),
     "pope_f1": (0.70, 0.88),
     "noise_drop": (0.15, None),  # clean held-out accuracy minus the same questions on noised images
+    # Noise pushes answers toward the "yes" prior, as LLaVA hallucinates more on noised images: the noised POPE
+    # yes-ratio minus the clean one, on the same questions (0.02: ~1 SE at the stage's 300 questions). A base whose
+    # noised answers say "no" more gives SeVa rejected answers that teach the opposite (experiments/miniature, session 9).
+    "noise_yes_shift": (0.02, None),
 }
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 
 from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, encode_batch
-from seva_tasks.toy import mix
+from seva_tasks.toy import mix, tower
 from seva_tasks.toy.heldout import HELDOUT_KINDS, rates
 from seva_tasks.toy.heldout import heldout as heldout_items
 from seva_tasks.toy.scenes import random_scene
@@ -50,8 +50,15 @@ def lookup_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     return [("\n".join([f"Which option is {gold}?", *options, instruction]), letter)]
 
 
-def conversations(seed: int, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE) -> list[list[tuple[str, bool]]]:
-    """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"`: a
+def caption(scene: dict, grid: int = 0) -> str:
+    """What stands where the image will be: the scene's sentence, or with `grid` (patches per side) the words its
+    image tokens name under the tower's roles (`tower.grid_caption`)."""
+    return tower.grid_caption(scene, grid) if grid else scene["caption"]
+
+
+def conversations(seed: int, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE,
+                  grid: int = 0) -> list[list[tuple[str, bool]]]:
+    """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"` (`caption`): a
     lettered choice for `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`,
     else a GQA-style question."""
     rng = random.Random(f"{seed}:lm")
@@ -65,21 +72,21 @@ def conversations(seed: int, n: int, choice_share: float = CHOICE_SHARE, lookup_
             qas = mix.aokvqa_qas(rng, scene)
         else:
             qas = mix.QAS["gqa"](rng, scene)
-        out.append(segments(scene["caption"], *qas[0]))  # the mix shuffles its questions: the first is random
+        out.append(segments(caption(scene, grid), *qas[0]))  # the mix shuffles its questions: the first is random
     return out
 
 
-def examples(tokenizer, seed: int, n: int, **shares: float) -> list[dict]:
-    """Tokenized training conversations (`conversations`' `shares`) in `toy.fit`'s example format (no pixels)."""
+def examples(tokenizer, seed: int, n: int, **options) -> list[dict]:
+    """Tokenized training conversations (`conversations`' options) in `toy.fit`'s example format (no pixels)."""
     return [{"input_ids": ids, "labels": [t if x else -100 for t, x in zip(ids, loss)], "pixels": None}
-            for ids, loss in encode_batch(tokenizer, conversations(seed, n, **shares))]
+            for ids, loss in encode_batch(tokenizer, conversations(seed, n, **options))]
 
 
-def heldout(seed: int, n: int) -> list[dict]:
+def heldout(seed: int, n: int, grid: int = 0) -> list[dict]:
     """Held-out text items: {kind, answer, segments}, the image questions with the caption in the image's place."""
     items = heldout_items(seed, n, kinds=KINDS, stream="lm-heldout")
     return [{"kind": it["kind"], "answer": it["answer"],
-             "segments": segments(it["scene"]["caption"], it["question"].removesuffix(f"\n{SHORT_ANSWER}"), it["answer"])}
+             "segments": segments(caption(it["scene"], grid), it["question"].removesuffix(f"\n{SHORT_ANSWER}"), it["answer"])}
             for it in items]
 
 

@@ -59,14 +59,18 @@ def corpus(rows: list[dict], scenes: list[dict]) -> list[str]:
     return [t.replace(IMAGE_TOKEN, "") for t in texts]  # `<image>` is an added token, never BPE pieces
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int):
+def _train_tokenizer(texts: list[str], vocab_size: int, split_punctuation: bool = False):
     """Llama's tokenizer at toy size: BPE over `▁`-prefixed words with byte fallback (a character
-    outside printable ASCII, `\\n` included, becomes its UTF-8 byte tokens, as in Llama)."""
+    outside printable ASCII, `\\n` included, becomes its UTF-8 byte tokens, as in Llama). With
+    `split_punctuation`, training keeps punctuation and newlines out of every merge ("circle?" is "circle" "?")."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    if split_punctuation:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([tok.pre_tokenizer, pre_tokenizers.Punctuation("isolated"),
+                                                     pre_tokenizers.Split("\n", "isolated")])
     alphabet = [chr(c) for c in range(33, 127)] + ["\u2581"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256, special_tokens=list(SPECIAL), show_progress=False,
                                   initial_alphabet=alphabet, limit_alphabet=len(alphabet))
@@ -147,7 +151,7 @@ def save_model(cfg: ToyConfig, texts: list[str], out: Path) -> None:
 
     from seva_tasks.llava.weights import checkpoint_names
 
-    tokenizer = _train_tokenizer(texts, cfg.vocab_size)
+    tokenizer = _train_tokenizer(texts, cfg.vocab_size, cfg.split_punctuation)
     config = llava_config(cfg, len(tokenizer))
     with torch.random.fork_rng():  # seed the weights without disturbing the caller's RNG
         torch.manual_seed(cfg.seed)

@@ -13,6 +13,13 @@ own, frozen, input embeddings of those words (a learned vector stands for "empty
 That is CLIP's text side and LLaVA's stage-1 projector alignment in one objective: the image tokens point
 at the words the questions use, which a language model pretrained on text (`toy.lm`) already looks for.
 
+With `roles`, each aligned token names one word instead of four at once: a 2x2 cell's patches take the roles
+colour, shape / vertical, position (`ROLES`), and a patch's token is scored against every word (`ROLE_WORDS`)
+for its cell's object's value of its role, or the background's colour for an empty cell (`grid_words`). The
+image then reads as a 16-word caption ("red circle blue square top left top right ...", row-major), the same
+words in the same order as the `vicuna` stage's grid caption: what the LM learned to read in text is what the
+image tokens say (experiments/miniature, session 10), rather than one vector holding colour and shape together.
+
 Scenes are fresh shape scenes from the seed stream `"{seed}:tower"`, padded to a square with the mean
 colour and resized as the engines feed the model; the check uses `"{seed}:tower-heldout"`.
 """
@@ -22,7 +29,7 @@ from __future__ import annotations
 import random
 
 from seva_tasks.llava.images import normalize, square_tensor
-from seva_tasks.toy.scenes import COLORS, SHAPES, random_scene, render
+from seva_tasks.toy.scenes import BACKGROUNDS, COLORS, SHAPES, random_scene, render
 
 IGNORE = -100
 EMPTY = 0  # class 0 of every head; an attribute's values are 1.. in ATTRIBUTES order
@@ -83,14 +90,58 @@ def patch_labels(scene: dict, image_size: int, patch_size: int) -> dict[str, lis
 BOOK_SHARE = 0.2  # of the tower's training scenes: book covers (colour and icon), the rest shape scenes
 
 
-def batch(rng: random.Random, n: int, image_size: int, patch_size: int, mean) -> tuple:
-    """`n` fresh scenes as (uint8 [n, 3, S, S], {attribute: labels [n, P]})."""
+# A cell's 2x2 patches, row-major: which attribute each one's token names with `roles`. Colour before shape
+# as in "a red circle", so "What shape is the red object?" reads the token after "red", in text as in the image.
+ROLES = ("color", "shape", "vertical", "position")
+ROLE_WORDS = (*COLORS, *SHAPES, "top", "bottom", "left", "right", *BACKGROUNDS)  # what a role token can say
+
+
+def grid_words(scene: dict, n: int) -> list[str]:
+    """The word each of a shape scene's n x n patches names with `roles`, row-major: its 2x2 cell's object's
+    value of the patch's role (`ROLES[(r % 2) * 2 + c % 2]`), or the background colour for an empty cell."""
+    if n % 2 or scene["width"] != scene["height"] or scene["book"] or scene["sign"]:
+        raise ValueError(f"grid_words needs a square shape scene and an even grid; got {scene['kind']!r}, n={n}.")
+    cells = {(o["vertical"] == "bottom", o["position"] == "right"): o for o in scene["objects"]}
+    half = n // 2
+    words = []
+    for r in range(n):
+        for c in range(n):
+            o, role = cells.get((r >= half, c >= half)), ROLES[(r % 2) * 2 + c % 2]
+            words.append(o[role] if o else scene["background"])
+    return words
+
+
+def grid_caption(scene: dict, n: int = 4) -> str:
+    """`grid_words` as text: the caption the `vicuna` stage puts where the image will be, with `roles`."""
+    return " ".join(grid_words(scene, n))
+
+
+def role_labels(scene: dict, image_size: int, patch_size: int) -> list[int]:
+    """Each patch's `ROLE_WORDS` index with `roles`: `grid_words` for a shape scene; on a book cover, the cover's
+    colour on colour-role patches and the icon's shape on shape-role ones that it covers, else no label."""
+    n = image_size // patch_size
+    if not scene["book"]:
+        return [ROLE_WORDS.index(w) for w in grid_words(scene, n)]
+    cover = patch_labels(scene, image_size, patch_size)
+    out = []
+    for at in range(n * n):
+        role = ROLES[(at // n % 2) * 2 + at % 2]
+        value = cover[role][at] if role in ("color", "shape") else IGNORE
+        out.append(ROLE_WORDS.index(ATTRIBUTES[role][value - 1]) if value > EMPTY else IGNORE)
+    return out
+
+
+def batch(rng: random.Random, n: int, image_size: int, patch_size: int, mean, roles: bool = False) -> tuple:
+    """`n` fresh scenes as (uint8 [n, 3, S, S], {attribute: labels [n, P]}), with `roles` also "role"."""
     import torch
 
     scenes = [random_scene(rng, "book" if rng.random() < BOOK_SHARE else "shapes", "tower.jpg") for _ in range(n)]
     labels = [patch_labels(s, image_size, patch_size) for s in scenes]
+    if roles:
+        for s, lab in zip(scenes, labels):
+            lab["role"] = role_labels(s, image_size, patch_size)
     pixels = torch.stack([square_tensor(render(s), image_size, mean) for s in scenes])
-    return pixels, {a: torch.tensor([lab[a] for lab in labels]) for a in ATTRIBUTES}
+    return pixels, {a: torch.tensor([lab[a] for lab in labels]) for a in labels[0]}
 
 
 ALIGN_SCALE = 10.0  # cosine -> logit temperature of the aligned heads (CLIP learns its own; fixed here)
@@ -99,9 +150,9 @@ ALIGN_SCALE = 10.0  # cosine -> logit temperature of the aligned heads (CLIP lea
 class Heads:
     """The vision tower with a per-patch linear head per attribute on LLaVA's feature layer, and with
     `words` ({name: token ids}) the aligned heads on the projected tokens. Calls return {head: logits},
-    heads named by attribute, and `aligned_<attribute>`."""
+    heads named by attribute, and `aligned_<attribute>` (with `roles`: one `aligned_role` over `ROLE_WORDS`)."""
 
-    def __init__(self, model, words: dict[str, list[int]] | None = None):
+    def __init__(self, model, words: dict[str, list[int]] | None = None, roles: bool = False):
         import torch
 
         self.tower = model.model.vision_tower
@@ -111,11 +162,15 @@ class Heads:
         self.projector = model.model.multi_modal_projector if words else None
         if words:
             emb = model.get_input_embeddings().weight.detach()  # frozen: the words keep their meaning
-            self.words = {a: torch.stack([emb[words[w]].mean(0) for w in v]) for a, v in ATTRIBUTES.items()}
-            self.empty = torch.nn.Parameter(0.02 * torch.randn(len(ATTRIBUTES), emb.shape[1]))
+            if roles:  # no learned "empty": an empty cell names its background, a word the LM knows
+                self.words = {"role": torch.stack([emb[words[w]].mean(0) for w in ROLE_WORDS])}
+                self.empty = None
+            else:
+                self.words = {a: torch.stack([emb[words[w]].mean(0) for w in v]) for a, v in ATTRIBUTES.items()}
+                self.empty = torch.nn.Parameter(0.02 * torch.randn(len(ATTRIBUTES), emb.shape[1]))
 
     def parameters(self) -> list:
-        aligned = [*self.projector.parameters(), self.empty] if self.projector else []
+        aligned = [*self.projector.parameters(), *([self.empty] if self.empty is not None else [])] if self.projector else []
         return [*self.tower.parameters(), *(p for h in self.linear.values() for p in h.parameters()), *aligned]
 
     def __call__(self, pixel_values) -> dict:
@@ -126,31 +181,45 @@ class Heads:
         out = {a: h(feats) for a, h in self.linear.items()}
         if self.projector is None:
             return out
-        tokens = F.normalize(self.projector(feats), dim=-1)
+        self.tokens = self.projector(feats)  # for `distance`
+        tokens = F.normalize(self.tokens, dim=-1)
         for i, (a, w) in enumerate(self.words.items()):
-            out[f"aligned_{a}"] = ALIGN_SCALE * tokens @ F.normalize(torch.cat([self.empty[i:i + 1], w]), dim=-1).T
+            targets = w if self.empty is None else torch.cat([self.empty[i:i + 1], w])
+            out[f"aligned_{a}"] = ALIGN_SCALE * tokens @ F.normalize(targets, dim=-1).T
         return out
 
 
+    def distance(self, role: "torch.Tensor") -> "torch.Tensor":
+        """With roles: the last call's tokens' squared distance to their words' embeddings, relative to a word's
+        squared norm. The cosine heads leave a token's norm free (measured: 21x a word's); the language model
+        reads a word's vector, so a token that is to read as "red" must be that vector, not only point its way."""
+        known = role != IGNORE
+        words = self.words["role"]
+        return (self.tokens[known] - words[role[known]]).pow(2).sum(-1).mean() / words.pow(2).sum(-1).mean()
+
+
 def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int, mean, std,
-          words: dict[str, list[int]] | None = None, heldout: int = 512, logging_steps: int = 50, on_step=None) -> dict:
-    """Train the tower (in place) and its heads (with `words`: and the projector, aligned); return the
-    loss history and held-out per-patch accuracy."""
+          words: dict[str, list[int]] | None = None, roles: bool = False, heldout: int = 512, logging_steps: int = 50,
+          on_step=None) -> dict:
+    """Train the tower (in place) and its heads (with `words`: and the projector, aligned; with `roles` too, one
+    word per token); return the loss history and held-out per-patch accuracy."""
     import torch
     import torch.nn.functional as F
     from transformers import get_cosine_schedule_with_warmup
 
     cfg = model.config.vision_config
-    heads = Heads(model, words)
+    heads = Heads(model, words, roles)
     model.train()
     opt = torch.optim.AdamW(heads.parameters(), lr=learning_rate, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=steps // 20, num_training_steps=steps)
     rng, history = random.Random(f"{seed}:tower"), []
     for step in range(1, steps + 1):
-        px, labels = batch(rng, batch_size, cfg.image_size, cfg.patch_size, mean)
+        px, labels = batch(rng, batch_size, cfg.image_size, cfg.patch_size, mean, roles)
         logits = heads(normalize(px, mean, std))
         loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[h.removeprefix("aligned_")].flatten(), ignore_index=IGNORE)
                    for h, lg in logits.items())
+        if roles and words:
+            loss = loss + heads.distance(labels["role"])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
@@ -161,7 +230,7 @@ def train(model, *, steps: int, batch_size: int, learning_rate: float, seed: int
         if on_step:
             on_step(step, steps)
     model.eval()
-    return {"history": history, "heldout": accuracy(heads, heldout, seed, cfg.image_size, cfg.patch_size, mean, std)}
+    return {"history": history, "heldout": accuracy(heads, heldout, seed, cfg.image_size, cfg.patch_size, mean, std, roles)}
 
 
 def freeze(model, projector: bool = False) -> None:
@@ -172,20 +241,22 @@ def freeze(model, projector: bool = False) -> None:
         model.model.multi_modal_projector.requires_grad_(False)
 
 
-def accuracy(heads: Heads, n: int, seed: int, image_size: int, patch_size: int, mean, std) -> dict[str, float]:
+def accuracy(heads: Heads, n: int, seed: int, image_size: int, patch_size: int, mean, std, roles: bool = False) -> dict[str, float]:
     """Per-patch accuracy on `n` fresh scenes: each head's on the patches it has a label for, and how
-    often a patch without a shape is called empty by the shape heads (a tower that sees phantoms fails this one)."""
+    often a patch without a shape is called empty by the shape heads (a tower that sees phantoms fails this one);
+    the role head's on every labelled patch (its word 0, "red", is a word like the others)."""
     import torch
 
     if not n:
         return {}
-    px, labels = batch(random.Random(f"{seed}:tower-heldout"), n, image_size, patch_size, mean)
+    px, labels = batch(random.Random(f"{seed}:tower-heldout"), n, image_size, patch_size, mean, roles)
     with torch.inference_mode():
         logits = heads(normalize(px, mean, std))
     out = {"objects": int((labels["shape"] > EMPTY).sum())}
     for h, lg in logits.items():
         pred, gold = lg.argmax(-1), labels[h.removeprefix("aligned_")]
-        out[h] = round((pred[gold > EMPTY] == gold[gold > EMPTY]).float().mean().item(), 4)
+        known = gold != IGNORE if h == "aligned_role" else gold > EMPTY
+        out[h] = round((pred[known] == gold[known]).float().mean().item(), 4)
         if h.endswith("shape"):
             out[h.replace("shape", "empty")] = round((pred[gold == EMPTY] == EMPTY).float().mean().item(), 4)
     return out

@@ -62,6 +62,7 @@ class ToyConfig(StageConfig):
     lm_heads: int | None = Field(None, ge=1, description="Attention heads of the language model, each of dim 32 (what vLLM's CPU attention runs) whatever the width (default: hidden_size / 32). 4 or 8 did not teach lettered choice in text (experiments/miniature, sessions 6-7).")
     vocab_size: int = Field(1280, ge=512, description="Upper bound of the vocabulary (256 byte tokens included) trained on the toy corpus.")
     init_std: float = Field(0.02, gt=0, description="Std of the random weights (transformers' initializer_range).")
+    split_punctuation: bool = Field(False, description="Learn no BPE merge across punctuation or a newline, as Llama's vocabulary has none: without it the toy corpus makes 'circle?' one token, unlike the 'circle' the caption and image name (experiments/miniature, session 10).")
     # The benchmarks' held-out scenes. The defaults keep `make run` quick (POPE 162 questions, GQA 41); 520/64/32
     # give POPE 3,354 and GQA 898 (tests/test_benchmarks.py checks the floors: POPE >= 3,000, GQA >= 400, MME >= 600).
     bench_shapes: int = Field(24, ge=1, description="Held-out shape scenes for the benchmarks (POPE ~6 questions each, GQA ~2).")

@@ -140,26 +140,25 @@ def test_freeze_projector_keeps_the_aligned_projector_for_instruction_tuning():
         pretrain.PretrainConfig(tower_steps=100, freeze_projector=True)
 
 
-def test_grid_words_name_one_attribute_per_patch_in_the_cells_object_order():
-    # 2x2 cells of 2x2 patches: colour, shape / vertical, side; an empty cell says its background.
+def test_grid_words_list_each_cell_as_shape_colour_shape_side():
+    # token k names cell k // 4 (top left, top right, bottom left, bottom right); an empty cell says its background
     scene = {"width": 96, "height": 96, "background": "gray", "book": None, "sign": None, "kind": "shapes", "objects": [
         _obj("circle", "red", [4, 4, 40, 40]), _obj("diamond", "blue", [60, 60, 90, 90], "right", "bottom")]}
-    assert tower.grid_words(scene, 4) == ["red", "circle", "gray", "gray",
-                                          "top", "left", "gray", "gray",
-                                          "gray", "gray", "blue", "diamond",
-                                          "gray", "gray", "bottom", "right"]
-    assert tower.grid_caption(scene) == "red circle gray gray top left gray gray gray gray blue diamond gray gray bottom right"
-    assert tower.role_labels(scene, 64, 16)[:2] == [tower.ROLE_WORDS.index("red"), tower.ROLE_WORDS.index("circle")]
-    with pytest.raises(ValueError, match="square shape scene"):
-        tower.grid_words(toy.random_scene(random.Random(5), "book", "x.jpg"), 4)
+    assert tower.grid_words(scene, 4) == ["circle", "red", "circle", "left",
+                                          "gray", "gray", "gray", "gray",
+                                          "gray", "gray", "gray", "gray",
+                                          "diamond", "blue", "diamond", "right"]
+    assert tower.grid_caption(scene) == ("circle red circle left gray gray gray gray gray gray gray gray "
+                                         "diamond blue diamond right")
+    assert tower.role_labels(scene, 64, 16)[:4] == [tower.ROLE_WORDS.index(w) for w in ("circle", "red", "circle", "left")]
+    with pytest.raises(ValueError, match="even grid"):
+        tower.grid_words(scene, 3)
 
 
-def test_role_labels_of_a_book_name_its_cover_colour_and_icon_on_their_roles_only():
+def test_role_labels_of_a_book_name_its_icon_and_cover_colour_and_no_side():
     book = toy.random_scene(random.Random(5), "book", "x.jpg")
-    roles = tower.role_labels(book, 64, 16)
-    cover, icon = tower.ROLE_WORDS.index(book["background"]), tower.ROLE_WORDS.index(book["book"]["icon"])
-    # colour-role patches (even row, even column) off the icon; shape-role (even row, odd column) on it (5, 6, 9, 10)
-    assert roles == [cover, I, cover, I, I, I, I, I, cover, icon, I, I, I, I, I, I]
+    icon, cover = tower.ROLE_WORDS.index(book["book"]["icon"]), tower.ROLE_WORDS.index(book["background"])
+    assert tower.role_labels(book, 64, 16) == [icon, cover, icon, I] * 4
 
 
 def test_role_tower_aligns_each_token_with_one_word():

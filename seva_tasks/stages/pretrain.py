@@ -86,7 +86,7 @@ class PretrainConfig(fit.FitConfig):
     tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
     tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best on the vicuna stage's model.")
     tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
-    tower_roles: bool = Field(False, description="With tower_align: one word per image token (a cell's patches name its object's colour, shape, vertical and side; `toy.tower.ROLES`), the words of the vicuna stage's `grid_caption`, instead of every word at once.")
+    tower_roles: bool = Field(False, description="With tower_align: one word per image token, the image read as a list (each cell's object as shape, colour, shape, side; `toy.tower.ROLES`), the words of the vicuna stage's `grid_caption`, instead of every word at once.")
     freeze_projector: bool = Field(False, description="With tower_align: keep the aligned projector frozen during instruction tuning too, so the image tokens keep pointing at the words (w/o: 'which side' falls to chance, experiments/miniature y7 vs y10).")
 
     @field_validator("sources")

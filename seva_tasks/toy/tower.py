@@ -13,12 +13,12 @@ own, frozen, input embeddings of those words (a learned vector stands for "empty
 That is CLIP's text side and LLaVA's stage-1 projector alignment in one objective: the image tokens point
 at the words the questions use, which a language model pretrained on text (`toy.lm`) already looks for.
 
-With `roles`, each aligned token names one word instead of four at once: a 2x2 cell's patches take the roles
-colour, shape / vertical, position (`ROLES`), and a patch's token is scored against every word (`ROLE_WORDS`)
-for its cell's object's value of its role, or the background's colour for an empty cell (`grid_words`). The
-image then reads as a 16-word caption ("red circle blue square top left top right ...", row-major), the same
-words in the same order as the `vicuna` stage's grid caption: what the LM learned to read in text is what the
-image tokens say (experiments/miniature, session 10), rather than one vector holding colour and shape together.
+With `roles`, each aligned token names one word instead of four at once, and the image reads as a list: token
+k describes cell k // 4 (top left, top right, bottom left, bottom right) by the role k % 4: its object's shape,
+colour, shape again and side (`ROLES`), or the background's colour for an empty cell (`grid_words`), scored
+against every word (`ROLE_WORDS`). "circle red circle left gray gray gray gray ..." is the `vicuna` stage's grid
+caption, so what the LM learned to read in text is what the image tokens say (experiments/miniature, session 10).
+The shape on both sides of the colour makes each lookup one attention hop from the word the question names.
 
 Scenes are fresh shape scenes from the seed stream `"{seed}:tower"`, padded to a square with the mean
 colour and resized as the engines feed the model; the check uses `"{seed}:tower-heldout"`.
@@ -90,24 +90,30 @@ def patch_labels(scene: dict, image_size: int, patch_size: int) -> dict[str, lis
 BOOK_SHARE = 0.2  # of the tower's training scenes: book covers (colour and icon), the rest shape scenes
 
 
-# A cell's 2x2 patches, row-major: which attribute each one's token names with `roles`. Colour before shape
-# as in "a red circle", so "What shape is the red object?" reads the token after "red", in text as in the image.
-ROLES = ("color", "shape", "vertical", "position")
-ROLE_WORDS = (*COLORS, *SHAPES, "top", "bottom", "left", "right", *BACKGROUNDS)  # what a role token can say
+# What each of a cell's tokens names with `roles` (token k: cell k // 4, role k % 4). The shape stands before and
+# after the colour, so "What color is the circle?" finds the token after a "circle", "What shape is the red object?"
+# the one after "red", and "On which side...?" the one after the second "circle": each a single attention hop, which
+# the 2-layer LM learns in text where a reading that needs two hops it does not (colour 0.1 with one shape token).
+ROLES = ("shape", "color", "shape", "position")
+ROLE_WORDS = (*COLORS, *SHAPES, "left", "right", *BACKGROUNDS)  # what a role token can say
+CELLS = (("top", "left"), ("top", "right"), ("bottom", "left"), ("bottom", "right"))  # in token order
 
 
 def grid_words(scene: dict, n: int) -> list[str]:
-    """The word each of a shape scene's n x n patches names with `roles`, row-major: its 2x2 cell's object's
-    value of the patch's role (`ROLES[(r % 2) * 2 + c % 2]`), or the background colour for an empty cell."""
-    if n % 2 or scene["width"] != scene["height"] or scene["book"] or scene["sign"]:
-        raise ValueError(f"grid_words needs a square shape scene and an even grid; got {scene['kind']!r}, n={n}.")
-    cells = {(o["vertical"] == "bottom", o["position"] == "right"): o for o in scene["objects"]}
-    half = n // 2
+    """The word each of a scene's n x n image tokens names with `roles`: token k, of cell k // (n²/4) in `CELLS`
+    order, names its object's `ROLES[k % 4]`, or the background colour for an empty cell; a book cover, its icon
+    for a shape and its colour for a colour in every cell (None: no word, for its sides)."""
+    if n % 2 or scene["sign"]:
+        raise ValueError(f"grid_words needs an even grid and a shape scene or book; got {scene['kind']!r}, n={n}.")
+    per = n * n // 4
+    if scene["book"]:
+        book = {"shape": scene["book"]["icon"], "color": scene["background"], "position": None}
+        return [book[ROLES[k % per % len(ROLES)]] for k in range(n * n)]
+    cells = {(o["vertical"], o["position"]): o for o in scene["objects"]}
     words = []
-    for r in range(n):
-        for c in range(n):
-            o, role = cells.get((r >= half, c >= half)), ROLES[(r % 2) * 2 + c % 2]
-            words.append(o[role] if o else scene["background"])
+    for k in range(n * n):
+        o = cells.get(CELLS[k // per])
+        words.append(o[ROLES[k % per % len(ROLES)]] if o else scene["background"])
     return words
 
 
@@ -117,18 +123,8 @@ def grid_caption(scene: dict, n: int = 4) -> str:
 
 
 def role_labels(scene: dict, image_size: int, patch_size: int) -> list[int]:
-    """Each patch's `ROLE_WORDS` index with `roles`: `grid_words` for a shape scene; on a book cover, the cover's
-    colour on colour-role patches and the icon's shape on shape-role ones that it covers, else no label."""
-    n = image_size // patch_size
-    if not scene["book"]:
-        return [ROLE_WORDS.index(w) for w in grid_words(scene, n)]
-    cover = patch_labels(scene, image_size, patch_size)
-    out = []
-    for at in range(n * n):
-        role = ROLES[(at // n % 2) * 2 + at % 2]
-        value = cover[role][at] if role in ("color", "shape") else IGNORE
-        out.append(ROLE_WORDS.index(ATTRIBUTES[role][value - 1]) if value > EMPTY else IGNORE)
-    return out
+    """Each image token's `ROLE_WORDS` index with `roles` (`grid_words`; IGNORE where it names none)."""
+    return [IGNORE if w is None else ROLE_WORDS.index(w) for w in grid_words(scene, image_size // patch_size)]
 
 
 def batch(rng: random.Random, n: int, image_size: int, patch_size: int, mean, roles: bool = False) -> tuple:

@@ -1,13 +1,13 @@
 """One probe of the miniature: build a toy world, run the vicuna (with any `vicuna.*`) and pretrain stages
 on it, save the manifests' stats.
 
-    .venv/bin/python experiments/miniature/probe.py NAME [toy.KEY=V ...] [vicuna.KEY=V ...] [pretrain.KEY=V ...] [data_dir=DIR]
+    .venv/bin/python experiments/miniature/probe.py NAME [toy.KEY=V ...] [vicuna.KEY=V ...] [pretrain.KEY=V ...] [data_dir=DIR] [until=vicuna]
 
 Writes `experiments/miniature/runs/NAME.json` ({"overrides", "stats", "lm", "metrics"}): held-out accuracy per
 kind, the gates, the tower phase, and the vicuna stage's held-out text accuracy (`lm`). The world goes to
 /tmp/miniature/<toy overrides> unless toy.root is given; the stages' artifacts to /tmp/miniature/data-NAME
 unless data_dir is given: probes that share a data_dir (and a world) and repeat each other's vicuna settings
-share one language model.
+share one language model. `until=vicuna` stops after the text phase (its held-out text check is the record).
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ def main(name: str, args: list[str]) -> None:
                              "annotations": str(toy.mix_path(toy_cfg)), "image_root": str(toy.images_dir(toy_cfg)),
                              **_section(overrides, "pretrain")}))
     refs: dict[str, dict] = {}
-    for stage in pipeline.stages_until(cfg, "pretrain"):
+    for stage in pipeline.stages_until(cfg, overrides.get("until", "pretrain")):
         refs[stage] = pipeline.run_stage(cfg, stage, refs)
+    if "pretrain" not in refs:
+        lm = json.loads((Path(refs["vicuna"]["path"]) / "manifest.json").read_text())["stats"]
+        (Path(__file__).parent / "runs" / f"{name}.json").write_text(json.dumps({"overrides": overrides, "lm": lm}, indent=1) + "\n")
+        print(json.dumps(lm["heldout"]["accuracy"]))
+        return
     out = Path(refs["pretrain"]["path"])
     stats = {k: json.loads((Path(r["path"]) / "manifest.json").read_text())["stats"] for k, r in refs.items()}
     record = {"overrides": overrides, "stats": stats["pretrain"], "lm": stats.get("vicuna"),

@@ -5,7 +5,8 @@
 Columns: clean all / shape / colour / exists / side / choice / genre | POPE yes / F1 | noised POPE yes / F1 |
 noised all (drop) | tower shape | gates passed | minutes.
 A `bind.py` run (text only) gives one row per evaluation instead: step | all / shape / colour / count / side /
-exists / pope / choice | minutes.
+exists / pope / choice | minutes; a text-only probe (`probe.py ... until=vicuna`, `runs/t*.json`) one row of the
+same kinds. The tower column is the aligned shape head's per-patch accuracy, or with roles the role head's.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ def row(name: str, change: str) -> str:
     record = json.loads((RUNS / f"{name}.json").read_text())
     if "evals" in record:
         return bind_rows(name, change, record["evals"])
+    if "stats" not in record:  # text only
+        acc = record["lm"]["heldout"]["accuracy"]
+        kinds = ("all", "shape", "color", "count", "side", "exists", "pope", "choice")
+        return f"| {name} | {change} | {' / '.join(f'{acc[k]:.2f}' for k in kinds)} | {record['lm']['seconds'] / 60:.0f} |"
     s = record["stats"]
     acc, noised, pope = s["heldout"]["accuracy"], s["heldout"]["noised"], s["pope"]
     clean = " / ".join(f"{acc[k]:.3f}" if k == "all" else f"{acc[k]:.2f}" for k in KINDS)
-    gates = sum(g["passed"] for g in s["gates"].values())
+    gates = f"{sum(g['passed'] for g in s['gates'].values())} of {len(s['gates'])}"
+    tower = s["tower"]["heldout"]
+    aligned = tower.get("aligned_shape", tower.get("aligned_role"))
     return (f"| {name} | {change} | {clean} | {pope['clean']['yes_ratio']:.2f} / {pope['clean']['f1']:.2f} | "
             f"{pope['noised']['yes_ratio']:.2f} / {pope['noised']['f1']:.2f} | {noised['all']:.3f} "
-            f"({s['gates']['noise_drop']['value']:.2f}) | {s['tower']['heldout']['aligned_shape']:.2f} | {gates} | "
+            f"({s['gates']['noise_drop']['value']:.2f}) | {aligned:.2f} | {gates} | "
             f"{s['seconds']['total'] / 60:.0f} |")
 
 

@@ -25,6 +25,8 @@ from seva_tasks.stages.pretrain import PretrainConfig  # noqa: E402
 from seva_tasks.stages.vicuna import VicunaConfig  # noqa: E402
 from worlds import toy_config  # noqa: E402
 
+RUNS = Path(__file__).parent / "runs"
+
 
 def _section(overrides: dict[str, str], name: str) -> dict:
     return {k.removeprefix(f"{name}."): json.loads(v) if v[:1] in "{[" else v
@@ -46,14 +48,14 @@ def main(name: str, args: list[str]) -> None:
         refs[stage] = pipeline.run_stage(cfg, stage, refs)
     if "pretrain" not in refs:
         lm = json.loads((Path(refs["vicuna"]["path"]) / "manifest.json").read_text())["stats"]
-        (Path(__file__).parent / "runs" / f"{name}.json").write_text(json.dumps({"overrides": overrides, "lm": lm}, indent=1) + "\n")
+        (RUNS / f"{name}.json").write_text(json.dumps({"overrides": overrides, "lm": lm}, indent=1) + "\n")
         print(json.dumps(lm["heldout"]["accuracy"]))
         return
     out = Path(refs["pretrain"]["path"])
     stats = {k: json.loads((Path(r["path"]) / "manifest.json").read_text())["stats"] for k, r in refs.items()}
     record = {"overrides": overrides, "stats": stats["pretrain"], "lm": stats.get("vicuna"),
               "metrics": [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]}
-    dst = Path(__file__).parent / "runs" / f"{name}.json"
+    dst = RUNS / f"{name}.json"
     dst.write_text(json.dumps(record, indent=1) + "\n")
     s = record["stats"]
     print(json.dumps({"heldout": s["heldout"]["accuracy"], "gates": {k: [g["value"], g["passed"]] for k, g in (s["gates"] or {}).items()},

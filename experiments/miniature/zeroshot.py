@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
-from seva_tasks.llava.images import expand2square, normalize
+from seva_tasks.llava.images import normalize
 from seva_tasks.toy import heldout as H
 from seva_tasks.toy import tower
 
@@ -42,19 +41,13 @@ def main(pretrained: Path, vicuna: Path) -> None:
     print(f"cosine {F.cosine_similarity(t, g).mean():.3f}, norm ratio {(t.norm(dim=-1) / g.norm(dim=-1)).mean():.2f}, "
           f"nearest word right {nearest.float().mean():.3f}")
     items = [it for it in H.heldout(0, 320) if it["kind"] != "genre"]  # a genre is not in the caption
-    fill = tuple(int(x * 255) for x in ip.image_mean)
-    proc.tokenizer.padding_side = "left"
-    hits = []
-    for i in range(0, len(items), 32):
-        chunk = items[i:i + 32]
-        images = [expand2square(H.render(it["scene"]), fill).resize((cfg.image_size,) * 2, Image.BICUBIC) for it in chunk]
-        texts = [f"USER: <image>\n{it['question'].removesuffix(chr(10) + H.SHORT_ANSWER)} ASSISTANT:" for it in chunk]
-        enc = proc(images=images, text=texts, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=proc.tokenizer.pad_token_id)
-        answers = proc.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        hits += [(it["kind"], H.answer_matches(a, it["answer"])) for it, a in zip(chunk, answers)]
-    print("zero-shot held-out accuracy", H.rates(hits))
+    answers = H.ask(model, proc, items, max_new_tokens=6, template=vicuna_prompt)
+    print("zero-shot held-out accuracy", H.accuracy(model, proc, items, answers))
+
+
+def vicuna_prompt(question: str) -> str:
+    """The vicuna stage's format (`toy.lm.segments`), the image where the caption was."""
+    return f"USER: <image>\n{question.removesuffix(chr(10) + H.SHORT_ANSWER)} ASSISTANT:"
 
 
 if __name__ == "__main__":

@@ -89,8 +89,9 @@ def load(model_dir: Path):
 
 
 def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8, noise_step: int = 0,
-        seed: int = 0) -> list[str]:
-    """Greedy transformers answers to held-out items (images padded to square as the engines do).
+        seed: int = 0, template=prompt) -> list[str]:
+    """Greedy transformers answers to held-out items (images padded to square as the engines do), each question
+    put in `template` (the conversation format; default the pipeline's).
 
     With `noise_step`, each image is noised as the generate stage noises SeVa's rejected side (exact
     mode: diffusion noise on the processor's normalized tensor), item i from `row_seed(seed, "heldout-i")`.
@@ -108,7 +109,7 @@ def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
         images = [expand2square(render(it["scene"]), fill).resize((size, size), Image.BICUBIC) for it in chunk]
-        enc = proc(images=images, text=[prompt(it["question"]) for it in chunk], padding=True, return_tensors="pt")
+        enc = proc(images=images, text=[template(it["question"]) for it in chunk], padding=True, return_tensors="pt")
         if noise_step:
             seeds = [row_seed(seed, f"heldout-{i + j}") for j in range(len(chunk))]
             enc["pixel_values"] = add_diffusion_noise(enc["pixel_values"], noise_step, seeds)

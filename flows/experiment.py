@@ -7,14 +7,20 @@
 Every stage is cached by content, so a second invocation (or a setting added later) reruns only
 what changed. The table and plots are rewritten after each run, so a long sweep shows its progress,
 and published to the UI as the `seva-experiment` markdown artifact, plots embedded as data URIs.
+With `workers: N` in the experiment file, N runs go at once, each in its own process (Prefect's
+ProcessPoolTaskRunner); a stage two runs share (a seed's base model) is built once, under the store's lock.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from prefect import flow
+from prefect import flow, get_client, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.seva import seva
 from seva_tasks import experiment, pipeline, plots
@@ -26,22 +32,51 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
     """Run every (setting, seed) of the experiment file; return the output directory."""
     exp = experiment.load(spec)
     plan = exp.runs()
-    runs = []
-    for i, (setting, seed, overrides) in enumerate(plan, 1):
-        print(f"[{i}/{len(plan)}] {setting} seed {seed}: {overrides}")
-        if exp.require_gates and "pretrain" in pipeline.stages_until(load_config(exp.preset, overrides), None):
-            base = seva.with_options(flow_run_name=f"{setting}-seed{seed}-base")(
-                config=exp.preset, overrides=overrides, until="pretrain")
-            experiment.check_gates(setting, seed, base)  # before SeVa: a base that fails them measures nothing
-        refs = seva.with_options(flow_run_name=f"{setting}-seed{seed}")(config=exp.preset, overrides=overrides)
-        runs.append(experiment.collect(exp, setting, seed, overrides, refs))
-        out = experiment.write(exp, runs)
-        create_markdown_artifact(key="seva-experiment", markdown=_report(exp, out, len(runs), len(plan)),
-                                 description=f"{spec} -> {out} ({len(runs)}/{len(plan)} runs)")
+    done: dict[int, dict] = {}
+    for i, line in _finished(spec, exp, plan):
+        done[i] = line
+        out = experiment.write(exp, [done[k] for k in sorted(done)])  # plan order, whatever finished first
+        create_markdown_artifact(key="seva-experiment", markdown=_report(exp, out, len(done), len(plan)),
+                                 description=f"{spec} -> {out} ({len(done)}/{len(plan)} runs)")
     print((out / "table.md").read_text())
     if experiment.publish_readme(out, ROOT / "README.md"):
         print(f"README.md: the experiments/{out.name} section now quotes {out / 'table.md'}")
     return str(out)
+
+
+def _run(spec: str, setting: str, seed: int, overrides: dict[str, Any]) -> dict:
+    """One (setting, seed): its `seva` subflow, and its line of runs.jsonl."""
+    exp = experiment.load(spec)
+    if exp.require_gates and "pretrain" in pipeline.stages_until(load_config(exp.preset, overrides), None):
+        base = seva.with_options(flow_run_name=f"{setting}-seed{seed}-base")(
+            config=exp.preset, overrides=overrides, until="pretrain")
+        experiment.check_gates(setting, seed, base)  # before SeVa: a base that fails them measures nothing
+    refs = seva.with_options(flow_run_name=f"{setting}-seed{seed}")(config=exp.preset, overrides=overrides)
+    return experiment.collect(exp, setting, seed, overrides, refs)
+
+
+run_in_worker = task(_run, task_run_name="{setting}-seed{seed}", persist_result=False)
+
+
+def _finished(spec: str, exp: experiment.ExperimentConfig, plan: list[tuple[str, int, dict]]):
+    """(plan index, runs.jsonl line) per run as it finishes: in this process one by one, or `exp.workers` at once."""
+    if exp.workers == 1:
+        for i, (setting, seed, overrides) in enumerate(plan):
+            print(f"[{i + 1}/{len(plan)}] {setting} seed {seed}: {overrides}")
+            yield i, _run(spec, setting, seed, overrides)
+        return
+    # Workers are new processes: they must report to this flow's server, a temporary one included.
+    with get_client(sync_client=True) as client:
+        os.environ.setdefault("PREFECT_API_URL", str(client.api_url).rstrip("/"))
+    print(f"{len(plan)} runs, {exp.workers} at a time")
+    with ProcessPoolTaskRunner(max_workers=exp.workers) as runner:
+        futures = {runner.submit(run_in_worker, parameters={"spec": spec, "setting": setting, "seed": seed,
+                                                            "overrides": overrides}): i
+                   for i, (setting, seed, overrides) in enumerate(plan)}
+        for future in as_completed(list(futures)):
+            i = futures[future]
+            print(f"[{i + 1}/{len(plan)}] {plan[i][0]} seed {plan[i][1]}: done")
+            yield i, future.result()
 
 
 def _report(exp: experiment.ExperimentConfig, out: Path, done: int, total: int) -> str:

@@ -16,6 +16,7 @@ aligned with seed spread, first setting) and `plots/sweep.png` (delta per settin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -56,6 +57,7 @@ class ExperimentConfig(BaseModel):
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds of every setting that names none.")
     seed_keys: list[str] = Field(["sample.seed", "augment.seed", "train.seed"], description="Fields a seed sets (add pretrain.seed so that each seed has its own base model).")
     require_gates: bool = Field(True, description="Refuse to run SeVa on a base model whose pretrain manifest fails a gate (toy world, DESIGN §5).")
+    workers: int = Field(1, ge=1, description="Runs at once, each in its own process; stages runs share (a seed's base model, its pairs) are built once. 2 on 2 cores: each stage uses one thread.")
     auroc: bool = Field(False, description="Also measure the AUROC of p(yes) on POPE, base vs aligned (one transformers pass per model).")
     settings: list[Setting] = Field(min_length=1, description="The first is the headline; the rest are the sweep.")
 
@@ -167,7 +169,7 @@ def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, ref
     if exp.auroc and "pope" in bench:
         pope_dir = resolve(cfg.evaluate.dirs.get("pope", cfg.evaluate.data_root / "pope"))
         base = Path(json.loads((Path(last["evaluate"]["path"]) / "manifest.json").read_text())["model"]["path"])
-        memo = resolve(cfg.data_dir) / "cache" / "auroc.json"
+        memo = resolve(cfg.data_dir) / "cache" / "auroc"
         line["auroc"] = {"base": auroc(base, pope_dir, memo), "aligned": auroc(Path(last["train"]["path"]) / MERGED, pope_dir, memo)}
     return line
 
@@ -179,13 +181,12 @@ def auroc(model: Path, pope_dir: Path, memo: Path) -> float | None:
     from seva_tasks.store import write_json_atomic
     from seva_tasks.toy.grounding import pope_auroc
 
-    key = f"{fingerprint(model)}:{fingerprint(pope_dir)}"
-    known = json.loads(memo.read_text()) if memo.is_file() else {}
-    if key not in known:
-        known[key] = pope_auroc(model, pope_dir)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(memo, known)
-    return known[key]
+    key = hashlib.sha256(f"{fingerprint(model)}:{fingerprint(pope_dir)}".encode()).hexdigest()[:20]
+    path = memo / f"{key}.json"  # one file per model: experiment workers never overwrite each other's
+    if not path.is_file():
+        memo.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"model": str(model), "pope": str(pope_dir), "auroc": pope_auroc(model, pope_dir)})
+    return json.loads(path.read_text())["auroc"]
 
 
 def _stats(xs: list[float]) -> dict:

@@ -265,11 +265,11 @@ def test_auroc_is_remembered_by_the_model_and_pope_files_content(tmp_path, monke
 
     calls = []
     monkeypatch.setattr(grounding, "pope_auroc", lambda model, pope: calls.append(model.name) or 0.5 + len(calls) / 10)
-    model, pope, memo = tmp_path / "model", tmp_path / "pope", tmp_path / "cache" / "auroc.json"
+    model, pope, memo = tmp_path / "model", tmp_path / "pope", tmp_path / "cache" / "auroc"
     for d in (model, pope):
         d.mkdir()
         (d / "f").write_text("1")
     assert experiment.auroc(model, pope, memo) == 0.6 and experiment.auroc(model, pope, memo) == 0.6
     assert calls == ["model"]  # the second call read the memo
     (model / "f").write_text("2")  # other weights at the same path: measured again
-    assert experiment.auroc(model, pope, memo) == 0.7 and len(json.loads(memo.read_text())) == 2
+    assert experiment.auroc(model, pope, memo) == 0.7 and len(list(memo.glob("*.json"))) == 2

@@ -64,11 +64,13 @@ def full_run(server, work) -> str:
 
 @pytest.fixture(scope="module")
 def experiment_run(server, work, full_run) -> tuple[str, Path]:
-    """A 1-setting × 2-seed experiment on the same overrides (seed 0 is full_run's, so cached); run id, out dir."""
+    """A 1-setting × 2-seed experiment on the same overrides (seed 0 is full_run's, so cached), its two runs in two
+    worker processes; run id, out dir."""
     tmp, overrides = work
     spec = tmp / "small.yaml"
     # require_gates off: a 200-step base fails the miniature's gates (the refusal is tested in test_experiment.py)
     spec.write_text(yaml.safe_dump({"preset": "toy", "out": str(tmp / "experiment"), "seeds": [0, 1], "require_gates": False,
+                                    "workers": 2,
                                     "settings": [{"name": "small", "why": "the browser test's run",
                                                   "overrides": overrides}]}))
     return deploy(server, "seva-experiment/toy-seva", {"spec": str(spec)}), tmp / "experiment"
@@ -180,6 +182,13 @@ def test_experiment_artifact_renders_table_and_plots(experiment_run, server, bro
 
     summary = json.loads((out / "summary.json").read_text())["small"]
     assert summary["seeds"] == [0, 1]
+    lines = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in lines] == [0, 1]  # plan order, whichever worker finished first
+    # the workers' subflows report to the same server, as completed runs the UI shows
+    port, _ = server
+    runs = httpx.post(f"{serve.api_url(port)}/flow_runs/filter",
+                      json={"flow_runs": {"name": {"any_": ["small-seed0", "small-seed1"]}}}).json()
+    assert sorted((r["name"], r["state_type"]) for r in runs) == [("small-seed0", "COMPLETED"), ("small-seed1", "COMPLETED")]
     page = _open(browser, server, art)
     by_name = {NAMES.get(k, k): k for k in summary["benchmarks"]}
     rows = _rows(page, 0)

@@ -69,10 +69,12 @@ def _finished(spec: str, exp: experiment.ExperimentConfig, plan: list[tuple[str,
     with get_client(sync_client=True) as client:
         os.environ.setdefault("PREFECT_API_URL", str(client.api_url).rstrip("/"))
     print(f"{len(plan)} runs, {exp.workers} at a time")
+    # The headline's runs first (they build each seed's base), then the rest seed by seed: a worker then rarely
+    # waits on the store's lock for a base model that another worker is still training.
+    order = sorted(range(len(plan)), key=lambda i: (plan[i][0] != exp.settings[0].name, plan[i][1], i))
     with ProcessPoolTaskRunner(max_workers=exp.workers) as runner:
-        futures = {runner.submit(run_in_worker, parameters={"spec": spec, "setting": setting, "seed": seed,
-                                                            "overrides": overrides}): i
-                   for i, (setting, seed, overrides) in enumerate(plan)}
+        futures = {runner.submit(run_in_worker, parameters={"spec": spec, "setting": plan[i][0], "seed": plan[i][1],
+                                                            "overrides": plan[i][2]}): i for i in order}
         for future in as_completed(list(futures)):
             i = futures[future]
             print(f"[{i + 1}/{len(plan)}] {plan[i][0]} seed {plan[i][1]}: done")

@@ -20,7 +20,7 @@ from seva_tasks.config import PipelineConfig
 from seva_tasks.llava.prompts import SHORT_ANSWER, SYSTEMS
 from seva_tasks.stages import pretrain
 from seva_tasks.stages.pretrain import PretrainConfig
-from seva_tasks.toy import ToyConfig, heldout
+from seva_tasks.toy import ToyConfig, heldout, mix
 from seva_tasks.toy.scenes import COLORS, GENRES, SHAPES
 
 # A short run on the two sources whose questions are learned first (book genres are told by the
@@ -138,6 +138,21 @@ def test_extra_scenes_are_seeded():
     b, _ = pretrain._conversations(cfg)
     c, _ = pretrain._conversations(cfg.model_copy(update={"seed": 1}))
     assert a == b and a != c
+
+
+def test_yes_share_sets_how_often_the_extra_scenes_existence_questions_are_yes():
+    toy.ensure(ToyConfig())  # the mix it reads (sources=(): none of its rows)
+
+    def share(**kw) -> float:
+        convs, _ = pretrain._conversations(PretrainConfig(sources=(), extra={"gqa": 1000}, **kw))
+        answers = [a["value"] for turns, _ in convs for q, a in zip(turns[::2], turns[1::2])
+                   if q["value"].startswith("Is there a ")]
+        assert len(answers) > 1000
+        return sum(a == "yes" for a in answers) / len(answers)
+
+    assert abs(share() - mix.YES_SHARE) < 0.04 and abs(share(yes_share=0.85) - 0.85) < 0.04  # SE ~0.015
+    with pytest.raises(ValidationError, match="yes_share"):
+        PretrainConfig(yes_share=1.5)
 
 
 def test_config_rejects_unknown_sources_listing_them():

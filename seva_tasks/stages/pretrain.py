@@ -76,6 +76,7 @@ class PretrainConfig(fit.FitConfig):
     extra: dict[str, int] = Field(
         default_factory=lambda: {"gqa": 4000, "coco": 600, "ocr_vqa": 800, "textvqa": 400},
         description="Fresh training scenes per source (toy templates, this stage's own seed stream) on top of the mix.")
+    yes_share: float = Field(mix.YES_SHARE, ge=0, le=1, description="Share of the extra GQA scenes' existence questions that name a present thing (the mix's own: toy.mix.YES_SHARE); above it, a base model that says yes when unsure, as LLaVA does.")
     steps: int = Field(1000, ge=1, description="Optimizer steps (~0.2 s each on one free core at the default sizes).")
     max_length: int = Field(512, ge=32, description="Conversations longer than this many tokens (image tokens included) are dropped and counted.")
     seed: int = Field(0, description="Seeds the extra scenes, data order and the held-out questions' scenes.")
@@ -153,7 +154,7 @@ def _conversations(cfg: PretrainConfig) -> tuple[list[tuple[list[dict], Any]], d
         rng = random.Random(f"{cfg.seed}:pretrain:{source}")
         for i in range(n):
             scene = random_scene(rng, mix.KINDS[source], f"pretrain/{source}/{i:06d}.jpg")
-            qas = mix.QAS[source](rng, scene)
+            qas = mix.QAS[source](rng, scene, yes_share=cfg.yes_share) if source == "gqa" else mix.QAS[source](rng, scene)
             suffix = f"\n{SHORT_ANSWER}" if source in ("ocr_vqa", "gqa") else ""  # as toy's mix asks them
             turns = [t for q, a in qas for t in ({"from": "human", "value": q + suffix}, {"from": "gpt", "value": a})]
             buf = io.BytesIO()

@@ -104,18 +104,18 @@ def aokvqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     return [(f"{q}\n{listing}\n{OPTION_LETTER}", "ABCD"[options.index(gold)])]
 
 
-def _gqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
+def _gqa_qas(rng: random.Random, scene: dict, yes_share: float = YES_SHARE) -> list[tuple[str, str]]:
     """GQA-style short answers (lowercase) about colours, shapes, sides, counts and existence.
 
-    Existence questions name a thing in the image `YES_SHARE` of the time and otherwise one that is truly
+    Existence questions name a thing in the image `yes_share` of the time and otherwise one that is truly
     absent, POPE's form: a model learns to say no only from questions whose answer is no, and a random draw
     (mostly present among 1-4 objects of 4 shapes) would teach it that "yes" is nearly always right.
     """
     o = rng.choice(scene["objects"])
     pairs = [(c, s) for c in COLORS for s in SHAPES if not _count(scene, color=c, shape=s)]
     shapes = [s for s in SHAPES if not _count(scene, shape=s)]
-    color, shape = (o["color"], o["shape"]) if rng.random() < YES_SHARE else rng.choice(pairs)
-    thing = o["shape"] if rng.random() < YES_SHARE or not shapes else rng.choice(shapes)
+    color, shape = (o["color"], o["shape"]) if rng.random() < yes_share else rng.choice(pairs)
+    thing = o["shape"] if rng.random() < yes_share or not shapes else rng.choice(shapes)
     qas = [(f"Is there a {color} {shape} in the image?", "yes" if _count(scene, color=color, shape=shape) else "no"),
            (f"Is there a {thing} in the image?", "yes" if _count(scene, shape=thing) else "no"),
            (f"How many {o['shape']}s are there?", str(_count(scene, shape=o["shape"])))]

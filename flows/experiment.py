@@ -69,14 +69,20 @@ def _finished(spec: str, exp: experiment.ExperimentConfig, plan: list[tuple[str,
     with get_client(sync_client=True) as client:
         os.environ.setdefault("PREFECT_API_URL", str(client.api_url).rstrip("/"))
     print(f"{len(plan)} runs, {exp.workers} at a time")
-    # The headline's runs first (they build each seed's base), then the rest seed by seed: a worker then rarely
-    # waits on the store's lock for a base model that another worker is still training.
-    order = sorted(range(len(plan)), key=lambda i: (plan[i][0] != exp.settings[0].name, plan[i][1], i))
+    # The headline's runs first (they build each seed's base), then the rest seed by seed, and never more queued
+    # than there are workers (the runner starts what it is given in no set order): a worker then rarely waits on
+    # the store's lock for a base model that another worker is still training.
+    queue = sorted(range(len(plan)), key=lambda i: (plan[i][0] != exp.settings[0].name, plan[i][1], i))
+    running: dict = {}
     with ProcessPoolTaskRunner(max_workers=exp.workers) as runner:
-        futures = {runner.submit(run_in_worker, parameters={"spec": spec, "setting": plan[i][0], "seed": plan[i][1],
-                                                            "overrides": plan[i][2]}): i for i in order}
-        for future in as_completed(list(futures)):
-            i = futures[future]
+        while queue or running:
+            while queue and len(running) < exp.workers:
+                i = queue.pop(0)
+                print(f"[{i + 1}/{len(plan)}] {plan[i][0]} seed {plan[i][1]}: started")
+                running[runner.submit(run_in_worker, parameters={"spec": spec, "setting": plan[i][0],
+                                                                 "seed": plan[i][1], "overrides": plan[i][2]})] = i
+            future = next(iter(as_completed(list(running))))
+            i = running.pop(future)
             print(f"[{i + 1}/{len(plan)}] {plan[i][0]} seed {plan[i][1]}: done")
             yield i, future.result()
 

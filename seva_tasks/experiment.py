@@ -383,8 +383,10 @@ def write(exp: ExperimentConfig, runs: list[dict]) -> Path:
     controls = [s.name for s in exp.settings if s.control]
     v = verdict.verdict(runs, exp.settings[0].name, controls)
     (tmp / "verdict.json").write_text(json.dumps(v, indent=1))
-    (tmp / "table.md").write_text(table(exp, summary, v))
-    _plot_seeds(summary, exp.settings[0].name, tmp / "plots" / "seeds.png")
+    head = exp.settings[0].name  # with workers, a control's run can finish before any of the headline's
+    (tmp / "table.md").write_text(table(exp, summary, v) if head in summary else f"### {head}: no run finished yet\n")
+    if head in summary:
+        _plot_seeds(summary, head, tmp / "plots" / "seeds.png")
     _plot_sweep(summary, tmp / "plots" / "sweep.png")
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)

@@ -103,6 +103,14 @@ def test_outputs_table_and_plots(tmp_path):
     assert "| yes/no | 15 | 9 | 3 | 9 | 3 |" in table  # summed over the three seeds
 
 
+def test_outputs_before_any_headline_run_has_finished(tmp_path):
+    """With workers, a control can finish first: the outputs say so instead of failing the experiment."""
+    out = experiment.write(_exp(tmp_path), RUNS[3:])
+    assert (out / "table.md").read_text() == "### paper: no run finished yet\n"
+    assert [json.loads(x)["setting"] for x in (out / "runs.jsonl").read_text().splitlines()] == ["noise-800"]
+    assert (out / "plots" / "sweep.png").is_file() and not (out / "plots" / "seeds.png").exists()
+
+
 def test_missing_experiment_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         experiment.load(tmp_path / "nope.yaml")

@@ -383,10 +383,12 @@ def write(exp: ExperimentConfig, runs: list[dict]) -> Path:
     controls = [s.name for s in exp.settings if s.control]
     v = verdict.verdict(runs, exp.settings[0].name, controls)
     (tmp / "verdict.json").write_text(json.dumps(v, indent=1))
-    head = exp.settings[0].name  # with workers, a control's run can finish before any of the headline's
-    (tmp / "table.md").write_text(table(exp, summary, v) if head in summary else f"### {head}: no run finished yet\n")
+    head = exp.settings[0].name
     if head in summary:
+        (tmp / "table.md").write_text(table(exp, summary, v))
         _plot_seeds(summary, head, tmp / "plots" / "seeds.png")
+    else:  # with workers, a control's run can finish before any of the headline's
+        (tmp / "table.md").write_text(f"### {head}: no run finished yet\n")
     _plot_sweep(summary, tmp / "plots" / "sweep.png")
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)

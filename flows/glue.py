@@ -77,7 +77,7 @@ def publish(ref: dict) -> None:
     steps = _jsonl(out / "metrics.jsonl")
     if name == "train" and steps:
         create_table_artifact(table=steps, key=f"{key}-metrics", description=f"{node}: DPO metrics per logging step")
-    if name in ("train", "vicuna", "pretrain") and (curves := _curves(name, out, steps)):
+    if name in ("train", "vicuna", "tower", "pretrain") and (curves := _curves(name, out, steps)):
         create_markdown_artifact(key=f"{key}-curves", markdown=curves, description=f"{node} curves ({out})")
     if (report := out / "report.md").is_file():
         create_markdown_artifact(key=f"{key}-report", markdown=plots.embed(report.read_text(), out),

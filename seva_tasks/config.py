@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seva_tasks.base import ROOT, StageConfig, resolve  # noqa: F401  (re-exported)
 from seva_tasks.errors import ConfigError
@@ -30,6 +30,7 @@ from seva_tasks.stages.filter import FilterConfig  # noqa: E402
 from seva_tasks.stages.generate import GenerateConfig  # noqa: E402
 from seva_tasks.stages.pretrain import PretrainConfig  # noqa: E402
 from seva_tasks.stages.sample import SampleConfig  # noqa: E402
+from seva_tasks.stages.tower import TowerConfig  # noqa: E402
 from seva_tasks.toy import ToyConfig  # noqa: E402
 from seva_tasks.stages.train import TrainConfig  # noqa: E402
 from seva_tasks.stages.vicuna import VicunaConfig  # noqa: E402
@@ -45,6 +46,7 @@ class PipelineConfig(BaseModel):
     model: Path | None = Field(None, description="The model this run starts from: a local llava-hf checkpoint directory (with `pretrain`, its input).")
     toy: ToyConfig | None = Field(None, description="Build the embedded toy world first (toy preset only).")
     vicuna: VicunaConfig | None = Field(None, description="Train the toy model's language model on text first, pretrain's input (toy preset only).")
+    tower: TowerConfig | None = Field(None, description="Train the toy model's vision tower first (CLIP's stand-in), after vicuna, pretrain's input (toy preset only).")
     pretrain: PretrainConfig | None = Field(None, description="Instruction-tune the toy model first (toy preset only).")
     sample: SampleConfig = Field(default_factory=SampleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -55,6 +57,17 @@ class PipelineConfig(BaseModel):
     rounds: int = Field(1, ge=1, description="SeVa rounds: round r >= 2 samples, augments, generates, filters and trains again, starting from round r-1's merged model (1 = SeVa).")
     rounds_resample: bool = Field(True, description="Each round draws fresh rows (sample.seed + 1000·(r-1)); false: every round reuses round 1's draw.")
     round: dict[int, dict[str, Any]] = Field(default_factory=dict, description="Per-round overrides of the round stages' sections, e.g. round.2.train.learning_rate=1e-4.")
+
+    @model_validator(mode="after")
+    def _frozen_tower_is_trained(self) -> "PipelineConfig":
+        pre = self.pretrain
+        if pre and pre.freeze_tower and self.tower is None:
+            raise ValueError("pretrain.freeze_tower keeps the tower the tower stage trained, and this config has no "
+                             "`tower:` section. Add one (e.g. tower.steps=3000) or set pretrain.freeze_tower=false.")
+        if pre and pre.freeze_projector and self.tower is not None and not self.tower.align:
+            raise ValueError("pretrain.freeze_projector keeps the projector the tower stage aligned with the words; "
+                             "it needs tower.align: true.")
+        return self
 
     @property
     def artifacts(self) -> Path:

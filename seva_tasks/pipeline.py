@@ -3,7 +3,7 @@
     STAGES  one `Stage` per step, in run order: its module (`run`), the inputs it reads, its config section.
 
 A stage's inputs are upstream artifact dirs and, for the stages that load weights, `model`: the
-model this run starts from (the preset's `model:`, or the output of the last of the vicuna and pretrain
+model this run starts from (the preset's `model:`, or the output of the last of the vicuna, tower and pretrain
 stages the preset has), resolved once here (`model_input`) and passed like any other input.
 
 With `rounds: k`, round r >= 2 runs sample…evaluate again as nodes `sample[r2]`…`evaluate[r2]`:
@@ -27,7 +27,7 @@ from seva_tasks.artifacts import MERGED, MODEL
 from seva_tasks.config import PipelineConfig, resolve
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.fingerprint import code_digest, fingerprint
-from seva_tasks.stages import augment, baseline, evaluate, filter, generate, pretrain, sample, train, vicuna
+from seva_tasks.stages import augment, baseline, evaluate, filter, generate, pretrain, sample, tower, train, vicuna
 from seva_tasks.store import Store, stage_key
 
 
@@ -61,6 +61,7 @@ class Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("vicuna", vicuna, ("model",)),  # toy only: the random tiny LLaVA's LM trained on text; pretrain's model
+    Stage("tower", tower, ("model",)),  # toy only: its vision tower trained (CLIP's stand-in), after vicuna
     Stage("pretrain", pretrain, ("model",)),  # toy only: teaches the random tiny LLaVA; its output is the run's model
     Stage("sample", sample),
     Stage("augment", augment, ("sample",)),
@@ -71,8 +72,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("baseline", baseline, ("model",), section="evaluate", resumable=True),
     Stage("evaluate", evaluate, ("model", "filter", "train", "baseline"), resumable=True),
 )}
-# What every round runs again (round r >= 2 as `generate[r2]`…); vicuna, pretrain and baseline run once.
-MAKERS = ("vicuna", "pretrain")  # stages that make the run's model, in order, each where the config has its section
+# What every round runs again (round r >= 2 as `generate[r2]`…); vicuna, tower, pretrain and baseline run once.
+MAKERS = ("vicuna", "tower", "pretrain")  # stages that make the run's model, in order, each where the config has its section
 ROUND_STAGES = ("sample", "augment", "generate", "filter", "train", "evaluate")
 NODE = re.compile(r"^(\w+)\[r(\d+)\]$")
 
@@ -93,13 +94,13 @@ def parse(node_name: str) -> tuple[str, int]:
 
 
 def nodes(cfg: PipelineConfig) -> tuple[str, ...]:
-    """Every node this config runs, in run order: vicuna and pretrain (where configured), round 1 with baseline, then each later round."""
+    """Every node this config runs, in run order: vicuna, tower and pretrain (where configured), round 1 with baseline, then each later round."""
     first = tuple(s for s in STAGES if s not in MAKERS or getattr(cfg, s) is not None)
     return first + tuple(node(s, r) for r in range(2, cfg.rounds + 1) for s in ROUND_STAGES)
 
 
 def stages_until(cfg: PipelineConfig, until: str | None) -> tuple[str, ...]:
-    """The nodes this config runs, in order: all of them, or `until` and what it needs (vicuna, pretrain only where configured)."""
+    """The nodes this config runs, in order: all of them, or `until` and what it needs (vicuna, tower, pretrain only where configured)."""
     stages = nodes(cfg)
     if until is None:
         return stages
@@ -116,7 +117,7 @@ def stages_until(cfg: PipelineConfig, until: str | None) -> tuple[str, ...]:
 
 def deps(cfg: PipelineConfig, node_name: str) -> dict[str, str]:
     """Upstream nodes of a node, as {input name the stage reads: node}. The last configured model maker
-    before it (vicuna, pretrain) comes in where it makes the model, round r-1's train where round r starts
+    before it (vicuna, tower, pretrain) comes in where it makes the model, round r-1's train where round r starts
     from its merged model, and evaluate[rR] also reads the previous round's evaluate (`previous`), so its
     report has a column per round."""
     name, r = parse(node_name)
@@ -136,7 +137,7 @@ def deps(cfg: PipelineConfig, node_name: str) -> dict[str, str]:
 
 def model_input(cfg: PipelineConfig, node_name: str, upstream: dict[str, dict]) -> Path | None:
     """The model directory a node loads: round r-1's merged model in round r >= 2, else the output of the
-    last model maker before it (vicuna, pretrain) where there is one, else the preset's."""
+    last model maker before it (vicuna, tower, pretrain) where there is one, else the preset's."""
     name, r = parse(node_name)
     if "model" not in STAGES[name].inputs:
         return None

@@ -1,5 +1,5 @@
-"""Vision pretraining (`toy.tower`): per-patch labels on hand-computed scenes, and a phase that trains
-the vision tower alone, then leaves it frozen for instruction tuning."""
+"""Vision pretraining (`toy.tower`, the `tower` stage): per-patch labels on hand-computed scenes, a stage that
+trains the vision tower alone (and aligned, its projector), and the freeze that keeps them for instruction tuning."""
 
 from __future__ import annotations
 
@@ -79,65 +79,78 @@ def test_batches_are_seeded_and_match_their_labels():
     assert all(((shapes > 0) == (lab[~books] > 0)).all() for lab in labels.values()) and (shapes > 0).any()
 
 
-def test_tower_phase_trains_the_vision_tower_alone_then_freezes_it():
+def _weights(model_dir):
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    from seva_tasks.stages import pretrain
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    return model.state_dict()
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    import torch
+
+    return {k for k, v in after.items() if not torch.equal(before[k], v)}
+
+
+def test_tower_stage_trains_the_vision_tower_alone(tmp_path):
+    import json
+
+    from seva_tasks.stages import tower as stage
 
     toy.ensure(ToyConfig())
     base = toy.model_dir(ToyConfig())
-    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = pretrain.PretrainConfig(tower_steps=60, tower_batch_size=32, logging_steps=5)
-    stats = pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    stats = stage.run(stage.TowerConfig(steps=60, batch_size=32, logging_steps=5), {"model": base}, tmp_path)
+    changed = _changed(_weights(base), _weights(tmp_path / "model"))
     assert changed and all(k.startswith("model.vision_tower.") for k in changed), sorted(changed)[:5]
-    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
-    assert any(p.requires_grad for p in model.model.multi_modal_projector.parameters())
-    losses = [h["loss"] for h in stats["history"]]
-    assert [h["step"] for h in stats["history"]] == list(range(5, 61, 5))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(5, 61, 5)) and {x["phase"] for x in lines} == {"tower"}
+    losses = [x["loss"] for x in lines]
     assert sum(losses[-3:]) / 3 < losses[0] - 0.3  # one batch's loss is noisy (measured 5.01 -> 3.90-4.50)
+    assert stats["final_loss"] == losses[-1] and stats["steps"] == 60
     held = stats["heldout"]
-    assert held["objects"] > 500 and held["color"] > 0.25  # 7 classes; colour is learned first (measured 0.34 at 60 steps, shape 0.08)
+    # 7 classes; colour is learned first (measured 0.34 at 60 steps, shape 0.08)
+    assert held["objects"] > 500 and held["accuracy"]["color"] > 0.25 and "objects" not in held["accuracy"]
 
 
-def test_aligned_tower_moves_tower_and_projector_toward_frozen_word_embeddings():
-    import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from seva_tasks.stages import pretrain
+def test_aligned_tower_moves_tower_and_projector_toward_frozen_word_embeddings(tmp_path):
+    from seva_tasks.stages import tower as stage
 
     toy.ensure(ToyConfig())
     base = toy.model_dir(ToyConfig())
-    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = pretrain.PretrainConfig(tower_steps=40, tower_batch_size=32, tower_align=True, logging_steps=20)
-    stats = pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
-    changed = {k.split(".")[1] for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    stats = stage.run(stage.TowerConfig(steps=40, batch_size=32, align=True, logging_steps=20), {"model": base}, tmp_path)
+    changed = {k.split(".")[1] for k in _changed(_weights(base), _weights(tmp_path / "model"))}
     assert changed == {"vision_tower", "multi_modal_projector"}  # the word embeddings stay as they were
-    held = stats["heldout"]
+    held = stats["heldout"]["accuracy"]
     assert {"aligned_shape", "aligned_color", "aligned_position", "aligned_vertical", "aligned_empty"} <= set(held)
     assert held["aligned_color"] > 1 / 7  # above chance over 7 classes after 40 steps
-    assert any(p.requires_grad for p in model.model.multi_modal_projector.parameters())  # LLaVA's stage 2 trains it
 
 
-def test_freeze_projector_keeps_the_aligned_projector_for_instruction_tuning():
+def test_freeze_keeps_the_tower_and_with_projector_the_aligned_projector():
     import torch
     from pydantic import ValidationError
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    from seva_tasks.stages import pretrain
+    from seva_tasks.config import PipelineConfig
+    from seva_tasks.stages.pretrain import PretrainConfig
+    from seva_tasks.stages.tower import TowerConfig
 
     toy.ensure(ToyConfig())
-    base = toy.model_dir(ToyConfig())
-    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-    cfg = pretrain.PretrainConfig(tower_steps=2, tower_batch_size=4, tower_align=True, freeze_projector=True)
-    pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
+    model = LlavaForConditionalGeneration.from_pretrained(toy.model_dir(ToyConfig()), local_files_only=True, dtype=torch.float32)
+    tower.freeze(model)
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert all(p.requires_grad for p in model.model.multi_modal_projector.parameters())  # LLaVA's stage 2 trains it
+    tower.freeze(model, projector=True)
     assert not any(p.requires_grad for p in model.model.multi_modal_projector.parameters())
     assert all(p.requires_grad for p in model.model.language_model.parameters())
-    with pytest.raises(ValidationError, match="needs tower_steps > 0 and tower_align: true"):
-        pretrain.PretrainConfig(tower_steps=100, freeze_projector=True)
+    with pytest.raises(ValidationError, match="needs freeze_tower: true"):
+        PretrainConfig(freeze_projector=True)
+    with pytest.raises(ValidationError, match="has no `tower:` section"):
+        PipelineConfig(pretrain=PretrainConfig(freeze_tower=True))
+    with pytest.raises(ValidationError, match="needs tower.align: true"):
+        PipelineConfig(tower=TowerConfig(), pretrain=PretrainConfig(freeze_tower=True, freeze_projector=True))
+    with pytest.raises(ValidationError, match="needs tower.align: true"):
+        TowerConfig(roles=True)
 
 
 def test_grid_words_list_each_cell_as_shape_colour_shape_side():
@@ -161,21 +174,12 @@ def test_role_labels_of_a_book_name_its_icon_and_cover_colour_and_no_side():
     assert tower.role_labels(book, 64, 16) == [icon, cover, icon, I] * 4
 
 
-def test_role_tower_aligns_each_token_with_one_word():
-    import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from seva_tasks.stages import pretrain
+def test_role_tower_aligns_each_token_with_one_word(tmp_path):
+    from seva_tasks.stages import tower as stage
 
     toy.ensure(ToyConfig())
-    base = toy.model_dir(ToyConfig())
-    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-    cfg = pretrain.PretrainConfig(tower_steps=60, tower_batch_size=32, tower_align=True, tower_roles=True, logging_steps=20)
-    stats = pretrain._pretrain_tower(cfg, model, AutoProcessor.from_pretrained(base, local_files_only=True))
-    held = stats["heldout"]
+    cfg = stage.TowerConfig(steps=60, batch_size=32, align=True, roles=True, logging_steps=20)
+    held = stage.run(cfg, {"model": toy.model_dir(ToyConfig())}, tmp_path)["heldout"]["accuracy"]
     assert "aligned_role" in held and "aligned_shape" not in held and "aligned_empty" not in held
     # 17 words, so 1/17 by guessing (measured 0.33 after 60 steps, 0.98 after the miniature's 3,000)
     assert held["aligned_role"] > 0.2
-    from pydantic import ValidationError
-    with pytest.raises(ValidationError, match="tower_roles .* needs tower_steps > 0 and tower_align: true"):
-        pretrain.PretrainConfig(tower_steps=100, tower_roles=True)

@@ -37,7 +37,7 @@ def row(name: str, change: str) -> str:
     acc, noised, pope = s["heldout"]["accuracy"], s["heldout"]["noised"], s["pope"]
     clean = " / ".join(f"{acc[k]:.3f}" if k == "all" else f"{acc[k]:.2f}" for k in KINDS)
     gates = f"{sum(g['passed'] for g in s['gates'].values())} of {len(s['gates'])}"
-    tower = s["tower"]["heldout"]
+    tower = record["tower"]["heldout"]["accuracy"] if record.get("tower") else s["tower"]["heldout"]  # its own stage from session 12
     aligned = tower.get("aligned_shape", tower.get("aligned_role"))
     return (f"| {name} | {change} | {clean} | {pope['clean']['yes_ratio']:.2f} / {pope['clean']['f1']:.2f} | "
             f"{pope['noised']['yes_ratio']:.2f} / {pope['noised']['f1']:.2f} | {noised['all']:.3f} "

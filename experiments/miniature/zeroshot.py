@@ -5,7 +5,7 @@
 Takes a pretrain model's (frozen, aligned) tower and projector and the vicuna stage's language model, before any
 instruction tuning on images, and asks the held-out image questions in the vicuna's own format (the image where
 the caption was). Also prints how close the role tokens are to their words' embeddings (cosine, norm ratio,
-nearest word). Needs a model trained with `pretrain.tower_roles`.
+nearest word). Needs a model trained with `tower.roles`.
 """
 
 from __future__ import annotations

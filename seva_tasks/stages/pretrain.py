@@ -5,8 +5,8 @@
 
 Toy preset only: real presets start from released weights. The tiny LLaVA of `seva_tasks.toy` has
 random weights, so its answers (and SeVa's preference pairs) would be noise. This stage trains every
-weight (vision tower, projector, language model: nothing here is pretrained) with transformers'
-`Trainer` and answer-only cross-entropy on
+weight that is not frozen (vision tower, projector, language model) with transformers' `Trainer` and
+answer-only cross-entropy on
 
 - the toy `llava_v1_5_mix665k.json` (its `gpt` turns are true by construction), rows of `sources`, and
 - `extra` fresh training scenes per source, drawn with `toy.scenes.random_scene` from this stage's own seed
@@ -14,12 +14,9 @@ weight (vision tower, projector, language model: nothing here is pretrained) wit
   the same question templates as the mix (`toy.mix.QAS`), rendered in memory and JPEG-encoded as the
   mix's images are. The 184-row default mix alone is far too little to learn colours and shapes.
 
-LLaVA-1.5 starts from Vicuna and CLIP. The `vicuna` stage (when configured) stands in for the first: its
-text-trained model is this stage's input. An optional phase here stands in for CLIP:
-- `tower_steps > 0`: the vision tower trains alone on per-patch shape, colour and place labels (`toy.tower`), with
-  `tower_align` also pointing the projected tokens at the LM's word embeddings; the tower then stays frozen
-  during instruction tuning, as CLIP does (`freeze_projector`: the aligned projector too); the manifest's `tower` records
-  its per-patch accuracy.
+LLaVA-1.5 starts from Vicuna and CLIP, and freezes CLIP. The `vicuna` and `tower` stages (when configured)
+stand in for them: the last of them is this stage's input model, and `freeze_tower` keeps the tower as the
+`tower` stage trained it (`freeze_projector`: its aligned projector too) during instruction tuning.
 Without them, this 2-layer LM answers existence questions with the label prior (experiments/miniature/README.md).
 
 Conversations are laid out as LLaVA-1.5 trains them: `<image>` moved to the front of the first human
@@ -50,7 +47,6 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from seva_tasks import progress
 from seva_tasks.base import resolve
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
@@ -83,12 +79,8 @@ class PretrainConfig(fit.FitConfig):
     heldout: int = Field(640, ge=0, description="Held-out questions asked after training (split evenly over the 8 question types: 80 each, SE <= 0.06 a kind); 0: skip.")
     gate_pope: int = Field(300, ge=0, description="Held-out POPE-form questions (half about a present shape) for the gates; 0 (or heldout 0): no gates.")
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
-    tower_steps: int = Field(0, ge=0, description="Vision pretraining steps (toy.tower: per-patch shape/colour/place heads) before instruction tuning, which then keeps the tower frozen; 0: none.")
-    tower_batch_size: int = Field(64, ge=1, description="Scenes per vision pretraining step.")
-    tower_align: bool = Field(False, description="Also align the projected image tokens with the language model's (frozen) embeddings of the shape, colour and place words (CLIP's text side, LLaVA's stage 1); best on the vicuna stage's model.")
-    tower_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the vision pretraining (5% warmup, then cosine).")
-    tower_roles: bool = Field(False, description="With tower_align: one word per image token, the image read as a list (each cell's object as shape, colour, shape, side; `toy.tower.ROLES`), the words of the vicuna stage's `grid_caption`, instead of every word at once.")
-    freeze_projector: bool = Field(False, description="With tower_align: keep the aligned projector frozen during instruction tuning too, so the image tokens keep pointing at the words (w/o: 'which side' falls to chance, experiments/miniature y7 vs y10).")
+    freeze_tower: bool = Field(False, description="Keep the vision tower frozen during instruction tuning, as LLaVA-1.5 keeps CLIP: the `tower` stage's, whose output is this stage's input.")
+    freeze_projector: bool = Field(False, description="With freeze_tower: keep the projector the `tower` stage aligned (tower.align) frozen too, so the image tokens keep pointing at the words (w/o: 'which side' falls to chance, experiments/miniature y7 vs y10).")
 
     @field_validator("sources")
     @classmethod
@@ -99,14 +91,10 @@ class PretrainConfig(fit.FitConfig):
         return v
 
     @model_validator(mode="after")
-    def _frozen_projector_is_aligned(self) -> "PretrainConfig":
-        if self.tower_roles and not (self.tower_align and self.tower_steps):
-            raise ValueError("pretrain.tower_roles aligns each image token with one word; it needs tower_steps > 0 and "
-                             f"tower_align: true (got tower_steps={self.tower_steps}, tower_align={self.tower_align}).")
-        if self.freeze_projector and not (self.tower_align and self.tower_steps):
-            raise ValueError("pretrain.freeze_projector keeps the projector the aligned tower phase trained; it needs "
-                             f"tower_steps > 0 and tower_align: true (got tower_steps={self.tower_steps}, "
-                             f"tower_align={self.tower_align}).")
+    def _projector_with_tower(self) -> "PretrainConfig":
+        if self.freeze_projector and not self.freeze_tower:
+            raise ValueError("pretrain.freeze_projector keeps the projector the tower stage aligned; it needs "
+                             "freeze_tower: true (a tower trained on, its projector frozen, would drift from it).")
         return self
 
     @field_validator("extra")
@@ -215,21 +203,6 @@ def _examples(cfg: PretrainConfig, processor, config) -> tuple[list[dict], dict]
 # Training and saving
 
 
-def _pretrain_tower(cfg: PretrainConfig, model, processor) -> dict:
-    """Vision pretraining (`toy.tower`), then the tower frozen for instruction tuning, as LLaVA-1.5 freezes CLIP."""
-    ip = processor.image_processor
-    log.info("Vision pretraining: %d steps of %d scenes.", cfg.tower_steps, cfg.tower_batch_size)
-    names = tower.ROLE_WORDS if cfg.tower_roles else [w for v in tower.ATTRIBUTES.values() for w in v]
-    words = {w: processor.tokenizer(f" {w}", add_special_tokens=False).input_ids for w in names}
-    stats = tower.train(model, steps=cfg.tower_steps, batch_size=cfg.tower_batch_size, learning_rate=cfg.tower_learning_rate,
-                        seed=cfg.seed, mean=ip.image_mean, std=ip.image_std, words=words if cfg.tower_align else None,
-                        roles=cfg.tower_roles,
-                        logging_steps=cfg.logging_steps,
-                        on_step=lambda i, n: progress.report("pretrain (tower)", i, n))
-    tower.freeze(model, projector=cfg.freeze_projector)
-    return {"steps": cfg.tower_steps, "final_loss": stats["history"][-1]["loss"], **stats}
-
-
 def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict) -> dict:
     """The gates' measurements: `items` again on noised images, and POPE-form questions clean and noised."""
     noised = accuracy(model, processor, items, ask(model, processor, items, noise_step=cfg.noise_step, seed=cfg.seed))
@@ -261,20 +234,20 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     base = Path(inputs["model"])
     _check_inputs(cfg, base)
     with fit.loaded(cfg, base) as (processor, model):
-        tower_stats = _pretrain_tower(cfg, model, processor) if cfg.tower_steps else None
-        history = tower_stats.pop("history") if tower_stats else []
+        if cfg.freeze_tower:
+            tower.freeze(model, projector=cfg.freeze_projector)
         examples, counts = _examples(cfg, processor, model.config)
         log.info("Pretraining %s for %d steps on %d conversations (%s).", base, cfg.steps, len(examples), counts)
-        history += fit.fit(cfg, model.train(), examples, processor, out_dir, phase="instruct", desc="pretrain (instruct)")
+        history = fit.fit(cfg, model.train(), examples, processor, out_dir, phase="instruct", desc="pretrain (instruct)")
         fit.save(model.eval(), base, out_dir / "model")
         trained = time.time() - started
         items = heldout(cfg.seed, cfg.heldout)
         model, processor = load(out_dir / "model") if items else (None, None)
         held = accuracy(model, processor, items) if items else {}
         gated = _gates(cfg, model, processor, items, held) if items and cfg.gate_pope else {}
-    final = [s["loss"] for s in fit.metrics(out_dir, history) if s["phase"] == "instruct"]
+    final = [s["loss"] for s in fit.metrics(out_dir, history)]
     log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
-    return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None, "tower": tower_stats,
+    return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None,
             "heldout": {"accuracy": held, "majority": majority(items) if items else {}, "questions": len(items),
                         "noised": gated.get("noised")},
             "pope": gated.get("pope"), "gates": gated.get("gates"),

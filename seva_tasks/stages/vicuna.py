@@ -1,7 +1,7 @@
 """Stage `vicuna`: train the toy LLaVA's language model on text alone, the toy world's Vicuna.
 
     seva run --until vicuna vicuna.steps=7000          # this stage alone (it has no upstream)
-    seva run vicuna.steps=7000 pretrain.tower_steps=1200 pretrain.tower_align=true
+    seva run vicuna.steps=7000 tower.steps=1200 tower.align=true pretrain.freeze_tower=true
 
 Toy preset only, and off unless the config has a `vicuna:` section. LLaVA-1.5 starts from a released
 Vicuna; the toy's random tiny LLaVA has none, and from random weights its LM does not learn to compare
@@ -42,7 +42,7 @@ class VicunaConfig(fit.FitConfig):
     lookup_share: float = Field(lm.LOOKUP_SHARE, ge=0, le=1, description="Share asking a lettered lookup whose question names its answer ('Which option is red?'): the letter hop alone, which lets lettered choice form (experiments/miniature b14-b16).")
     seed: int = Field(0, description="Seeds the conversations' scenes, the data order and the held-out questions.")
     heldout: int = Field(280, ge=0, description="Held-out text questions (split evenly over the 7 kinds); 0: skip.")
-    grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `pretrain.tower_roles` makes the image tokens say.")
+    grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
 
     @model_validator(mode="after")
     def _shares_fit(self) -> "VicunaConfig":

@@ -41,7 +41,7 @@ def base_missing(base: Path) -> str | None:
 @contextmanager
 def loaded(cfg: FitConfig, base: Path):
     """(processor, float32 model) of `base`, seeded by `cfg.seed`, with torch on `cfg.threads` threads
-    until the block ends (the caller's count restored)."""
+    until the block ends (the caller's count restored). Any stage config with those two fields (the tower's too)."""
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
 

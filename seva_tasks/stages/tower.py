@@ -26,7 +26,6 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from seva_tasks import progress
-from seva_tasks.base import StageConfig
 from seva_tasks.errors import InputError
 from seva_tasks.toy import fit
 from seva_tasks.toy import tower as heads
@@ -34,7 +33,7 @@ from seva_tasks.toy import tower as heads
 log = logging.getLogger(__name__)
 
 
-class TowerConfig(StageConfig):
+class TowerConfig(fit.LoopConfig):
     """Vision pretraining of the toy LLaVA's tower (`toy.tower`): steps, optimiser and what the heads predict
     (AdamW, 5% warmup then cosine, as `toy.tower.train` runs it)."""
 
@@ -45,8 +44,6 @@ class TowerConfig(StageConfig):
     roles: bool = Field(False, description="With align: one word per image token, the image read as a list (each cell's object as shape, colour, shape, side; `toy.tower.ROLES`), the words of the vicuna stage's `grid_caption`, instead of every word at once.")
     seed: int = Field(0, description="Seeds the scenes and the heads. Not an experiment seed key: every base shares the tower, as LLaVA's runs share CLIP.")
     heldout: int = Field(512, ge=0, description="Fresh scenes of the held-out per-patch check (their own seed stream).")
-    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
-    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
 
     @model_validator(mode="after")
     def _roles_are_aligned(self) -> "TowerConfig":

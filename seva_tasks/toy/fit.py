@@ -18,16 +18,22 @@ from seva_tasks import progress
 from seva_tasks.base import StageConfig
 
 
-class FitConfig(StageConfig):
-    """The optimiser settings of the toy's training stages (each adds its own `steps`, `seed` and data)."""
+class LoopConfig(StageConfig):
+    """What every toy training stage's loop reads (the tower's, and `FitConfig`'s Trainer stages); each stage adds
+    its own `steps` and `seed` (`loaded` seeds from it)."""
+
+    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
+    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
+
+
+class FitConfig(LoopConfig):
+    """The optimiser settings of the toy's Trainer stages (each adds its own `steps`, `seed` and data)."""
 
     batch_size: int = Field(32, ge=1, description="Conversations per step.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (on every weight that gets a gradient).")
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="transformers scheduler name.")
     warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    threads: int = Field(1, ge=1, description="torch CPU threads (tiny matmuls run fastest on one).")
-    logging_steps: int = Field(50, ge=1, description="Write a metrics.jsonl line every this many steps.")
 
 
 def base_missing(base: Path) -> str | None:
@@ -39,9 +45,9 @@ def base_missing(base: Path) -> str | None:
 
 
 @contextmanager
-def loaded(cfg: FitConfig, base: Path):
+def loaded(cfg: LoopConfig, base: Path):
     """(processor, float32 model) of `base`, seeded by `cfg.seed`, with torch on `cfg.threads` threads
-    until the block ends (the caller's count restored). Any stage config with those two fields (the tower's too)."""
+    until the block ends (the caller's count restored)."""
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration, set_seed
 

@@ -16,7 +16,6 @@ aligned with seed spread, first setting) and `plots/sweep.png` (delta per settin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -28,7 +27,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from seva_tasks import pipeline, verdict
-from seva_tasks.artifacts import MERGED
 from seva_tasks.base import resolve
 from seva_tasks.benchmarks.report import NAMES
 from seva_tasks.config import load_config
@@ -58,7 +56,6 @@ class ExperimentConfig(BaseModel):
     seed_keys: list[str] = Field(["sample.seed", "augment.seed", "train.seed"], description="Fields a seed sets (add pretrain.seed so that each seed has its own base model).")
     require_gates: bool = Field(True, description="Refuse to run SeVa on a base model whose pretrain manifest fails a gate (toy world, DESIGN §5).")
     workers: int = Field(1, ge=1, description="Runs at once, each in its own process; stages runs share (a seed's base model, its pairs) are built once. 2 on 2 cores: each stage uses one thread.")
-    auroc: bool = Field(False, description="Also measure the AUROC of p(yes) on POPE, base vs aligned (one transformers pass per model).")
     settings: list[Setting] = Field(min_length=1, description="The first is the headline; the rest are the sweep.")
 
     def runs(self) -> list[tuple[str, int, dict[str, Any]]]:
@@ -166,27 +163,9 @@ def collect(exp: ExperimentConfig, setting: str, seed: int, overrides: dict, ref
             "pope_splits": splits,
             "keys": {name: ref["key"] for name, ref in refs.items()}, "benchmarks": bench, "gates": gates(refs),
             "paired": verdict.paired(Path(last["evaluate"]["path"]) / "results.parquet")}
-    if exp.auroc and "pope" in bench:
-        pope_dir = resolve(cfg.evaluate.dirs.get("pope", cfg.evaluate.data_root / "pope"))
-        base = Path(json.loads((Path(last["evaluate"]["path"]) / "manifest.json").read_text())["model"]["path"])
-        memo = resolve(cfg.data_dir) / "cache" / "auroc"
-        line["auroc"] = {"base": auroc(base, pope_dir, memo), "aligned": auroc(Path(last["train"]["path"]) / MERGED, pope_dir, memo)}
+    if "auroc" in pope.get("base", {}) and "auroc" in pope.get("aligned", {}):  # evaluate.engine.logprobs > 0
+        line["auroc"] = {m: pope[m]["auroc"] / 100 for m in ("base", "aligned")}
     return line
-
-
-def auroc(model: Path, pope_dir: Path, memo: Path) -> float | None:
-    """`grounding.pope_auroc`, remembered in `memo` by the model's and POPE files' content: a transformers pass
-    over ~3,000 questions that a cached rerun of the experiment would otherwise repeat for every run."""
-    from seva_tasks.fingerprint import fingerprint
-    from seva_tasks.store import write_json_atomic
-    from seva_tasks.toy.grounding import pope_auroc
-
-    key = hashlib.sha256(f"{fingerprint(model)}:{fingerprint(pope_dir)}".encode()).hexdigest()[:20]
-    path = memo / f"{key}.json"  # one file per model: experiment workers never overwrite each other's
-    if not path.is_file():
-        memo.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {"model": str(model), "pope": str(pope_dir), "auroc": pope_auroc(model, pope_dir)})
-    return json.loads(path.read_text())["auroc"]
 
 
 def _stats(xs: list[float]) -> dict:

@@ -24,26 +24,6 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2 ** n)
 
 
-def auroc(scores: list[float], labels: list[bool]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return None
-    ranked = sorted((s, i) for i, s in enumerate(pos + neg))
-    ranks = [0.0] * len(ranked)
-    i = 0
-    while i < len(ranked):  # average ranks over ties
-        j = i
-        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[ranked[k][1]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = sum(ranks[: len(pos)])
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
-
-
 def paired(results: Path) -> dict[str, dict]:
     """benchmark -> {n, b, c, delta_accuracy, se} from evaluate's results.parquet (base vs aligned)."""
     import polars as pl

@@ -112,6 +112,32 @@ def test_pope_metrics_by_hand(tmp_path):
     assert (m["missing"], m["unmatched"]) == (1, 1)
 
 
+def test_pope_auroc_of_p_yes_from_the_first_tokens_alternatives(tmp_path):
+    """p(yes) = P(yes) / (P(yes) + P(no)) over the first token's alternatives, "Yes" and " yes" pooled.
+    Present: dog 0.8, cat 0.5 (0.3 + 0.2 against 0.5), dog 0.6; absent: car 0.6, cup 0.2, bus 0.5 (neither word
+    listed). Of the 9 present/absent pairs, ties counting half: 0.8 wins 3, 0.5 wins 1.5, 0.6 wins 2.5."""
+    import math
+
+    d = _pope_dir(tmp_path)
+    ln = math.log
+
+    def alts(yes, no):
+        return [[" yes", ln(yes)], ["No", ln(no)], ["maybe", ln(0.01)]]
+
+    rows = [(10_000_001, "Yes", alts(0.8, 0.2)), (10_000_002, "Yes", [["Yes", ln(0.3)], ["yes", ln(0.2)], ["no", ln(0.5)]]),
+            (10_000_003, "Yes", alts(0.3, 0.2)), (10_000_004, "No", alts(0.1, 0.4)),
+            (20_000_001, "Yes", alts(0.3, 0.2)), (20_000_002, "No", [["the", ln(0.9)]])]
+    f = jsonl(tmp_path / "a.jsonl", [{"question_id": q, "text": t, "metadata": {"first_token_logprobs": a}} for q, t, a in rows])
+    m = score_file("pope", d, f)["metrics"]
+    assert m["auroc"] == pytest.approx(100 * (3 + 1.5 + 2.5) / 9)
+    assert pope.yes_probability([["no", ln(0.5)]]) == 0.0 and pope.yes_probability([]) == 0.5
+    plain = jsonl(tmp_path / "b.jsonl", [{"question_id": q, "text": t} for q, t, _ in rows])
+    assert "auroc" not in score_file("pope", d, plain)["metrics"]  # LLaVA's answer files carry no alternatives
+    bad = jsonl(tmp_path / "c.jsonl", [{"question_id": 10_000_001, "text": "Yes", "metadata": {"first_token_logprobs": {"yes": -1}}}])
+    with pytest.raises(InputError, match=r"c.jsonl:1: 'metadata.first_token_logprobs' must be a list"):
+        score_file("pope", d, bad)
+
+
 def test_pope_label_count_mismatch_is_reported(tmp_path):
     d = _pope_dir(tmp_path)
     jsonl(d / "coco" / "coco_pope_popular.json", [{"question_id": 1, "text": "Is there a dog?", "label": "yes"}])

@@ -172,3 +172,41 @@ def test_hf_engine_greedy_batch_matches_batch_one(toy_model, toy_image):
     four = HFEngine(WorkerSpec(kind="hf", model=toy_model, dtype="float32", max_new_tokens=8, batch_size=4)).generate(reqs)
     assert [o.token_ids for o in one] == [o.token_ids for o in four]
     assert all(o.finish_reason in ("stop", "length") and o.prompt_tokens > 16 for o in one)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_first_token_logprobs_agree_across_engines_and_with_one_forward_pass(toy_model, tmp_path):
+    """engine.logprobs: vLLM's and transformers' (batched) top-k of the first answer token are the model's own
+    next-token distribution after the prompt, one question at a time, image padded as the engines pad it."""
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    from seva_tasks import toy
+    from seva_tasks.benchmarks import pope
+    from seva_tasks.engines import pool
+    from seva_tasks.llava.images import pad_and_resize
+    from seva_tasks.toy.heldout import load
+
+    questions = pope.load(toy.root_dir(toy.ToyConfig()) / "eval" / "pope")[:5]
+    rows = [{"req_id": f"q{i}", "prompt": conv_prompt(q.text, "vicuna_v1"), "image": str(q.image), "noise_step": None,
+             "aug_seed": None} for i, q in enumerate(questions)]
+    got = {}
+    for kind in ("hf", "vllm"):
+        jobs = pool.write_shards(rows, tmp_path / kind, 8)
+        cfg = EngineConfig(kind=kind, dtype="float32", logprobs=4, batch_size=4, max_model_len=512, kv_cache_memory_bytes=64 << 20)
+        pool.run_workers(cfg, toy_model, 3, jobs, embeds=False, work=tmp_path / f"work-{kind}", desc=kind)
+        got[kind] = {r["req_id"]: r["first_logprobs"] for j in jobs for r in pq.read_table(j["results"]).to_pylist()}
+    model, proc = load(toy_model)
+    size, mean = model.config.vision_config.image_size, proc.image_processor.image_mean
+    for i, q in enumerate(questions):
+        with Image.open(q.image) as im:
+            enc = proc(images=[pad_and_resize(im.convert("RGB"), size, mean)], text=[rows[i]["prompt"]], return_tensors="pt")
+        with torch.inference_mode():
+            top = torch.log_softmax(model(**enc).logits[0, -1].float(), -1).topk(4)
+        want = [(proc.tokenizer.decode([t]), lp) for t, lp in zip(top.indices.tolist(), top.values.tolist())]
+        for kind in ("hf", "vllm"):
+            alts = got[kind][f"q{i}"]
+            assert [a["text"] for a in alts] == [t for t, _ in want], kind
+            assert [a["logprob"] for a in alts] == pytest.approx([lp for _, lp in want], abs=1e-4), kind

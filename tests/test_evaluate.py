@@ -74,7 +74,7 @@ def test_evaluate_compares_aligned_with_baseline_and_asks_only_the_aligned_model
     train, filt = _artifacts(tmp_path, model)
     judge = FakeJudge(lambda body, n: "0.5" if body["max_tokens"] == 3 else "8 6\nfine")
     try:
-        cfg = EvaluateConfig(engine={"kind": "hf", "dtype": "float32"}, data_root=tmp_path / "eval", max_new_tokens=4,
+        cfg = EvaluateConfig(engine={"kind": "hf", "dtype": "float32", "logprobs": 3}, data_root=tmp_path / "eval", max_new_tokens=4,
                              benchmarks=["pope", "mme", "sqa", "mmbench", "mmvet", "llava_bench"],
                              judge_mode="server", judge={"base_url": judge.url, "model": "fake", "runs": 2})
         base_dir = tmp_path / "artifacts" / "baseline" / "b1"
@@ -103,5 +103,10 @@ def test_evaluate_compares_aligned_with_baseline_and_asks_only_the_aligned_model
         pope = res.filter(pl.col("benchmark") == "pope").sort("question_id")
         assert pope.filter(pl.col("model") == "base")["answer"].to_list() == pope.filter(pl.col("model") == "aligned")["answer"].to_list()
         assert len(judge.requests) - calls_base == calls_base
+        # engine.logprobs: every answer keeps its first token's top 3, and POPE scores p(yes) as an AUROC
+        first = [json.loads(x)["metadata"]["first_token_logprobs"] for x in (out / "answers" / "pope.jsonl").read_text().splitlines()]
+        assert first and all(len(a) == 3 and a[0][1] >= a[1][1] >= a[2][1] for a in first)
+        area = metrics["benchmarks"]["pope"]["base"]["auroc"]
+        assert 0 <= area <= 100 and metrics["benchmarks"]["pope"]["aligned"]["auroc"] == area
     finally:
         judge.close()

@@ -150,13 +150,15 @@ def test_pair_quality_checks_chosen_and_rejected_against_the_mix(tmp_path):
 
 
 def test_mcnemar_and_auroc_on_hand_computed_cases():
+    from seva_tasks.benchmarks import pope
+
     assert verdict.mcnemar_p(0, 0) == 1.0 and verdict.mcnemar_p(5, 5) == 1.0
     assert verdict.mcnemar_p(2, 12) == pytest.approx(2 * (1 + 14 + 91) / 2 ** 14)  # 0.0129
     assert verdict.mcnemar_p(12, 2) == verdict.mcnemar_p(2, 12)
-    assert verdict.auroc([0.9, 0.8, 0.3, 0.2], [True, True, False, False]) == 1.0
-    assert verdict.auroc([0.9, 0.8, 0.3, 0.2], [False, False, True, True]) == 0.0
-    assert verdict.auroc([0.7, 0.5, 0.5, 0.1], [True, True, False, False]) == pytest.approx(0.875)  # 3.5 of 4 pairs
-    assert verdict.auroc([0.5], [True]) is None
+    assert pope.auroc([0.9, 0.8, 0.3, 0.2], [True, True, False, False]) == 1.0
+    assert pope.auroc([0.9, 0.8, 0.3, 0.2], [False, False, True, True]) == 0.0
+    assert pope.auroc([0.7, 0.5, 0.5, 0.1], [True, True, False, False]) == pytest.approx(0.875)  # 3.5 of 4 pairs
+    assert pope.auroc([0.5], [True]) is None
 
 
 def test_paired_counts_discordant_questions(tmp_path):
@@ -209,37 +211,6 @@ def test_a_base_model_failing_a_gate_is_refused_by_name(tmp_path):
     experiment.check_gates("paper", 2, {"pretrain": {"path": str(d)}})  # passes: no error
 
 
-def test_pope_yes_probabilities_batched_equal_one_by_one():
-    """p(yes) over the toy POPE files: left-padded batches give each question's own single forward pass."""
-    import torch
-    from PIL import Image
-
-    from seva_tasks import toy
-    from seva_tasks.benchmarks import pope
-    from seva_tasks.llava.images import expand2square
-    from seva_tasks.toy import ToyConfig, grounding, heldout
-    from seva_tasks.toy.model import prompt
-
-    cfg = ToyConfig()
-    toy.ensure(cfg)
-    model_dir, pope_dir = toy.model_dir(cfg), toy.root_dir(cfg) / "eval" / "pope"
-    scores, present = grounding.yes_probabilities(model_dir, pope_dir, batch=16)
-    questions = pope.load(pope_dir)
-    assert len(scores) == len(present) == len(questions) and 0 < sum(present) < len(present)
-    model, proc = heldout.load(model_dir)
-    yes, no = (proc.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "no"))
-    size = model.config.vision_config.image_size
-    fill = tuple(int(m * 255) for m in proc.image_processor.image_mean)
-    for i in (0, 17, len(questions) - 1):
-        with Image.open(questions[i].image) as im:
-            image = expand2square(im.convert("RGB"), fill).resize((size, size), Image.BICUBIC)
-        enc = proc(images=[image], text=[prompt(questions[i].text)], return_tensors="pt")
-        with torch.inference_mode():
-            logits = model(**enc).logits[0, -1, [yes, no]].float()
-        assert scores[i] == pytest.approx(torch.softmax(logits, -1)[0].item(), abs=1e-5)
-    assert grounding.pope_auroc(model_dir, pope_dir) == pytest.approx(verdict.auroc(scores, present))
-
-
 def test_paired_results_pool_over_seeds_into_the_table(tmp_path):
     """Discordant counts add (b 1+0, c 4+3: p = 2·(1+8)/2^8); the seeds' SEs add in quadrature over n."""
     runs = [{**_run("paper", 0, 7, (60.0, 62.0), (40.0, 40.0)),
@@ -268,16 +239,3 @@ def test_readme_section_is_the_experiment_table(tmp_path):
     assert not experiment.publish_readme(out, plain) and plain.read_text() == "no markers\n"
 
 
-def test_auroc_is_remembered_by_the_model_and_pope_files_content(tmp_path, monkeypatch):
-    from seva_tasks.toy import grounding
-
-    calls = []
-    monkeypatch.setattr(grounding, "pope_auroc", lambda model, pope: calls.append(model.name) or 0.5 + len(calls) / 10)
-    model, pope, memo = tmp_path / "model", tmp_path / "pope", tmp_path / "cache" / "auroc"
-    for d in (model, pope):
-        d.mkdir()
-        (d / "f").write_text("1")
-    assert experiment.auroc(model, pope, memo) == 0.6 and experiment.auroc(model, pope, memo) == 0.6
-    assert calls == ["model"]  # the second call read the memo
-    (model / "f").write_text("2")  # other weights at the same path: measured again
-    assert experiment.auroc(model, pope, memo) == 0.7 and len(list(memo.glob("*.json"))) == 2

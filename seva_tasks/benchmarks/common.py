@@ -35,6 +35,9 @@ class Answer:
     text: str
     prompt: str | None = None
     where: str = ""  # "file:line", for error messages
+    # metadata.first_token_logprobs: the first token's likeliest alternatives [(text, log-probability)], if the
+    # engine kept them (engine.logprobs); POPE reads p(yes) off them
+    first_logprobs: list[tuple[str, float]] | None = None
 
 
 @dataclass
@@ -116,8 +119,19 @@ def read_answers(path: Path) -> list[Answer]:
         prompt = obj.get("prompt")
         if prompt is not None and not isinstance(prompt, str):
             raise InputError(f"{where}: 'prompt' must be a string when present, got {prompt!r}.")
-        answers.append(Answer(qid, obj["text"], prompt, where))
+        answers.append(Answer(qid, obj["text"], prompt, where, _first_logprobs(obj.get("metadata"), where)))
     return answers
+
+
+def _first_logprobs(metadata, where: str) -> list[tuple[str, float]] | None:
+    alts = metadata.get("first_token_logprobs") if isinstance(metadata, dict) else None
+    if alts is None:
+        return None
+    if not isinstance(alts, list) or not all(isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
+                                             and isinstance(a[1], (int, float)) for a in alts):
+        raise InputError(f"{where}: 'metadata.first_token_logprobs' must be a list of [token text, log-probability], "
+                         f"got {alts!r}.")
+    return [(t, float(lp)) for t, lp in alts]
 
 
 # ---------------------------------------------------------------------------- pairing

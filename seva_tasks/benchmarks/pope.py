@@ -15,6 +15,7 @@ answer counts as wrong (neither TP nor TN; LLaVA would misalign), and a split wi
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -84,13 +85,45 @@ def split_metrics(preds: list[str | None], labels: list[str]) -> dict[str, float
             "yes_ratio": pct(preds.count("yes"), len(labels))}
 
 
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    ranked = sorted((s, i) for i, s in enumerate(pos + neg))
+    ranks = [0.0] * len(ranked)
+    i = 0
+    while i < len(ranked):  # average ranks over ties
+        j = i
+        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[ranked[k][1]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(ranks[: len(pos)])
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def yes_probability(alternatives: list[tuple[str, float]]) -> float:
+    """p(yes) / (p(yes) + p(no)) of the first answer token, from its top-k alternatives ("Yes" and " yes" count as
+    yes); 0.5 when neither word is among them."""
+    mass = {"yes": 0.0, "no": 0.0}
+    for text, logprob in alternatives:
+        if (word := text.strip().lower()) in mass:
+            mass[word] += math.exp(logprob)
+    total = mass["yes"] + mass["no"]
+    return mass["yes"] / total if total else 0.5
+
+
 def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
-    """Per split accuracy/precision/recall/F1/yes-ratio, and `f1`, `accuracy` averaged over the splits."""
+    """Per split accuracy/precision/recall/F1/yes-ratio, `f1` and `accuracy` averaged over the splits, and `auroc` of
+    p(yes) over all of them when the answers carry first-token log-probabilities."""
     questions = load(data_dir)
     labels = _labels(data_dir, questions)
     paired = pair(questions, answers)
     metrics: dict[str, float] = {}
-    rows = []
+    rows, answered = [], []
     for split in SPLITS:
         qs = [q for q in questions if q.category == split and id(q) in labels]
         if not qs:
@@ -100,9 +133,16 @@ def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:
         for k, v in split_metrics(preds, golds).items():
             metrics[f"{split}/{k}"] = v
         rows += [row(q, paired.get(q), p, p == g, float(p == g)) for q, p, g in zip(qs, preds, golds)]
+        answered += [(paired.get(q), g) for q, g in zip(qs, golds) if paired.get(q) is not None]
     present = [s for s in SPLITS if f"{s}/f1" in metrics]
     metrics["f1"] = sum(metrics[f"{s}/f1"] for s in present) / len(present)
     metrics["accuracy"] = sum(metrics[f"{s}/accuracy"] for s in present) / len(present)
+    # Beyond LLaVA's metrics, when every answer kept its first token's alternatives (engine.logprobs): how well p(yes)
+    # separates present from absent objects over the splits, which a shifted yes/no prior alone does not move.
+    if answered and all(a.first_logprobs is not None for a, _ in answered):
+        area = auroc([yes_probability(a.first_logprobs) for a, _ in answered], [g == "yes" for _, g in answered])
+        if area is not None:
+            metrics["auroc"] = 100 * area
     metrics["missing"] = paired.missing(questions)
     metrics["unmatched"] = paired.unmatched
     return Scored(metrics, rows)

@@ -174,11 +174,18 @@ def _write_answers(path: Path, name: str, qs: list, jobs: list[dict], label: str
             continue
         lines.append(json.dumps({"question_id": q.question_id, "prompt": q.text, "text": r["text"].strip(),
                                  "answer_id": r["req_id"], "model_id": label,
-                                 "metadata": {"finish_reason": r["finish_reason"], "tokens": r["gen_tokens"]}}) + "\n")
+                                 "metadata": {"finish_reason": r["finish_reason"], "tokens": r["gen_tokens"],
+                                              **_first_token(r)}}) + "\n")
     # Atomic: a file here means this benchmark is answered (what a resumed run skips).
     write_atomic(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
     truncated = sum(r["finish_reason"] == "length" for r in res.values() if r["error"] is None)
     return {"questions": len(qs), "answered": len(qs) - sum(drops.values()), "drops": drops, "truncated": truncated}
+
+
+def _first_token(result: dict) -> dict:
+    """The answer's first-token alternatives (`engine.logprobs`), as an answer file keeps them."""
+    alts = result.get("first_logprobs")
+    return {"first_token_logprobs": [[a["text"], a["logprob"]] for a in alts]} if alts else {}
 
 
 # ---------------------------------------------------------------------------- scores

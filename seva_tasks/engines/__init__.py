@@ -37,6 +37,7 @@ class EngineConfig(StageConfig):
     max_model_len: int = Field(2048, ge=16, description="Context length: prompt (text + image tokens) + answer. Longer prompts are dropped per row.")
     vision_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Exact-noise mode: where the vision tower + projector embed the noised images ('auto': the GPU if torch sees one; on the CPU always float32).")
     pad_to_square: bool = Field(True, description="LLaVA-1.5's `image_aspect_ratio=pad`: pad with the mean colour, then resize (else the processor's resize+crop).")
+    logprobs: int = Field(0, ge=0, le=20, description="Top-k log-probabilities of each answer's first token, kept with the answer (vLLM's SamplingParams.logprobs; hf: the first step's logits). POPE scores them as the AUROC of p(yes). 0: none.")
     batch_size: int = Field(1, ge=1, description="hf only: rows per generate call (1 = SeVa's path; >1 pads left).")
     kv_cache_memory_bytes: int | None = Field(None, ge=1, description="vllm: KV-cache bytes. Required on CPU (else vLLM asks for 92% of RAM); None on GPUs uses gpu_memory_utilization.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm on GPUs: fraction of device memory for weights + KV cache.")
@@ -87,6 +88,8 @@ class Output:
     finish_reason: str | None = None  # "stop" (EOS or stop string) | "length" (hit max_new_tokens / max_model_len)
     prompt_tokens: int = 0
     error: str | None = None
+    # the first token's top-k alternatives, most likely first: [(decoded text, log-probability)] (engine.logprobs)
+    first_logprobs: list[tuple[str, float]] = field(default_factory=list)
 
 
 class Engine(Protocol):
@@ -104,6 +107,12 @@ def answer_text(tokenizer, token_ids: list[int]) -> str:
     use it, so the same tokens give the same text (vLLM's incremental detokenizer keeps a leading
     `▁` as a space and renders stray UTF-8 bytes differently)."""
     return tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def top_logprobs(tokenizer, logprobs: dict[int, float], k: int) -> list[tuple[str, float]]:
+    """The `k` likeliest first tokens as (decoded text, log-probability), most likely first; both engines use it."""
+    best = sorted(logprobs.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [(tokenizer.decode([t]), float(lp)) for t, lp in best]
 
 
 def make_engine(cfg: WorkerSpec, *, embeds: bool = False) -> Engine:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from seva_tasks.base import resolve
-from seva_tasks.engines import Output, Request, WorkerSpec, answer_text
+from seva_tasks.engines import Output, Request, WorkerSpec, answer_text, top_logprobs
 from seva_tasks.engines.vision import resolve_dtype
 from seva_tasks.llava.vision import ImagePrep, image_tokens
 from seva_tasks.family import family
@@ -80,11 +80,16 @@ class HFEngine:
         sample = self.cfg.temperature > 0
         if sample:
             torch.manual_seed(request_seed(self.cfg.seed, reqs[0].req_id))
+        k = self.cfg.logprobs
         with torch.inference_mode():
-            ids = self.model.generate(
+            gen = self.model.generate(
                 **enc, max_new_tokens=max(budgets), do_sample=sample, pad_token_id=self.pad_id,
                 **({"temperature": self.cfg.temperature, "top_p": self.cfg.top_p} if sample else {"temperature": None, "top_p": None, "top_k": None}),
+                return_dict_in_generate=True, output_logits=k > 0,
             )
+        ids = gen.sequences
+        # the first step's raw logits, as vLLM's logprobs are (before temperature or top-p)
+        first = torch.log_softmax(gen.logits[0].float(), dim=-1).topk(k) if k else None
         outs = []
         for j, r in enumerate(reqs):
             toks, finish = [], "length"
@@ -94,7 +99,8 @@ class HFEngine:
                     finish = "stop"
                     break
             text = answer_text(self.tokenizer, [t for t in toks if t not in self.eos])
-            outs.append(Output(r.req_id, text, toks, finish, int(lengths[j])))
+            alts = top_logprobs(self.tokenizer, dict(zip(first.indices[j].tolist(), first.values[j].tolist())), k) if k else []
+            outs.append(Output(r.req_id, text, toks, finish, int(lengths[j]), first_logprobs=alts))
         return outs
 
     def _llava_inputs(self, reqs: list[Request]):

@@ -33,7 +33,8 @@ def _schemas():
                           ("noise_step", pa.int32()), ("aug_seed", pa.int64())])
     results = pa.schema([("req_id", pa.string()), ("text", pa.string()), ("token_ids", pa.list_(pa.int32())),
                          ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()), ("gen_tokens", pa.int32()),
-                         ("error", pa.string())])
+                         ("error", pa.string()),
+                         ("first_logprobs", pa.list_(pa.struct([("text", pa.string()), ("logprob", pa.float64())])))])
     return requests, results
 
 
@@ -126,7 +127,8 @@ def run_shard(request_path: Path, result_path: Path, engine_cfg: EngineConfig, e
              "seconds": round(seconds, 3), "gen_tokens_per_s": round(gen / seconds, 2) if seconds > 0 else None}
     _, schema = _schemas()
     rows = [{"req_id": o.req_id, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
-             "prompt_tokens": o.prompt_tokens, "gen_tokens": len(o.token_ids), "error": o.error} for o in outs]
+             "prompt_tokens": o.prompt_tokens, "gen_tokens": len(o.token_ids), "error": o.error,
+             "first_logprobs": [{"text": t, "logprob": lp} for t, lp in o.first_logprobs]} for o in outs]
     meta = {"request_sha256": file_sha256(request_path), "stats": stats, "engine": engine_cfg.kind}
     table = pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata({META_KEY: json.dumps(meta)})
     _write_atomic(table, result_path)

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from seva_tasks.base import resolve
-from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec, answer_text
+from seva_tasks.engines import EngineConfig, Output, Request, WorkerSpec, answer_text, top_logprobs
 from seva_tasks.engines.hf import request_seed
 from seva_tasks.engines.vision import llava_encoder, qwen_encoder
 from seva_tasks.llava.vision import ImagePrep, image_tokens
@@ -137,16 +137,23 @@ class VllmEngine:
         sample = self.cfg.temperature > 0
         params = [
             SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p if sample else 1.0,
-                           max_tokens=self.cfg.max_new_tokens, seed=request_seed(self.cfg.seed, r.req_id) if sample else None)
+                           max_tokens=self.cfg.max_new_tokens, seed=request_seed(self.cfg.seed, r.req_id) if sample else None,
+                           logprobs=self.cfg.logprobs or None)
             for r in requests
         ]
         prompts = [{"prompt": r.prompt, "multi_modal_data": {"image": img}} for r, img in zip(requests, self._images(requests))]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [
             Output(r.req_id, answer_text(self.tokenizer, list(o.outputs[0].token_ids)), list(o.outputs[0].token_ids),
-                   o.outputs[0].finish_reason, len(o.prompt_token_ids))
+                   o.outputs[0].finish_reason, len(o.prompt_token_ids), first_logprobs=self._first(o.outputs[0]))
             for r, o in zip(requests, outs)
         ]
+
+    def _first(self, completion) -> list[tuple[str, float]]:
+        """The first step's top-k (vLLM adds the sampled token to them; `top_logprobs` keeps k)."""
+        if not self.cfg.logprobs or not completion.logprobs:
+            return []
+        return top_logprobs(self.tokenizer, {t: lp.logprob for t, lp in completion.logprobs[0].items()}, self.cfg.logprobs)
 
 
 def _die_with_parent() -> None:

@@ -1,4 +1,4 @@
-"""seva's performance harness: P1–P8, each measured beside its anchor in the same run.
+"""seva's performance harness: P1–P9, each measured beside its anchor in the same run.
 
     make bench                                  # = .venv/bin/python bench/run.py (full, ~2 h on 2 busy cores)
     .venv/bin/python bench/run.py --quick       # tiny inputs, 1 run, no P5 (CI: tests/test_bench.py)
@@ -19,6 +19,7 @@ checked, never asserted: a missed target is reported with its margin (see bench/
 | P6 | diffusion-noise augmentation, batched | per-image loop (SeVa's function) | ≥5× |
 | P7 | DPO batches: `PreferenceCollator` (LLaVA's preprocess_v1, tokenized whole) | TRL's vision collator | ≥0.5× pairs/s |
 | P8 | generation through the Ray backend (one-node Ray, one actor) | the local backend (one worker process), same shards | ≤1.5× wall time |
+| P9 | POPE answers + AUROC of p(yes), log-probabilities kept by the engine | the same answers, then a transformers pass for p(yes) | ≤0.75× wall time |
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import BENCH, PY, ROOT, env_for, measured, row, summary  # noqa: E402
 
-IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -188,6 +189,13 @@ def p8(work: Path, quick: bool, runs: int) -> list[dict]:
     return ray_backend.bench(work / "p8", quick, runs)
 
 
+# ---------------------------------------------------------------------------------------- P9
+def p9(work: Path, quick: bool, runs: int) -> list[dict]:
+    import pope_auroc
+
+    return pope_auroc.bench(work / "p9", quick, runs)
+
+
 # ---------------------------------------------------------------------------------------- report
 def machine() -> dict:
     """What the numbers were measured on."""
@@ -246,7 +254,7 @@ def write_readme(readme: Path, results: dict) -> None:
     readme.write_text(pre + block + post)
 
 
-BENCHES = {"P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6, "P7": p7, "P8": p8}
+BENCHES = {"P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6, "P7": p7, "P8": p8, "P9": p9}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,7 +115,8 @@ def test_pope_metrics_by_hand(tmp_path):
 def test_pope_auroc_of_p_yes_from_the_first_tokens_alternatives(tmp_path):
     """p(yes) = P(yes) / (P(yes) + P(no)) over the first token's alternatives, "Yes" and " yes" pooled.
     Present: dog 0.8, cat 0.5 (0.3 + 0.2 against 0.5), dog 0.6; absent: car 0.6, cup 0.2, bus 0.5 (neither word
-    listed). Of the 9 present/absent pairs, ties counting half: 0.8 wins 3, 0.5 wins 1.5, 0.6 wins 2.5."""
+    listed). Of the 9 present/absent pairs, ties counting half: 0.8 wins 3, 0.5 wins 1.5, 0.6 wins 2.5.
+    A word missing from the list is bounded by the least listed probability."""
     import math
 
     d = _pope_dir(tmp_path)
@@ -130,7 +131,9 @@ def test_pope_auroc_of_p_yes_from_the_first_tokens_alternatives(tmp_path):
     f = jsonl(tmp_path / "a.jsonl", [{"question_id": q, "text": t, "metadata": {"first_token_logprobs": a}} for q, t, a in rows])
     m = score_file("pope", d, f)["metrics"]
     assert m["auroc"] == pytest.approx(100 * (3 + 1.5 + 2.5) / 9)
-    assert pope.yes_probability([["no", ln(0.5)]]) == 0.0 and pope.yes_probability([]) == 0.5
+    assert pope.yes_probability([("no", ln(0.5)), ("the", ln(0.1))]) == pytest.approx(0.1 / 0.6)
+    assert pope.yes_probability([("Yes", ln(0.9)), ("the", ln(0.01))]) == pytest.approx(0.9 / 0.91)
+    assert pope.yes_probability([]) == 0.5
     plain = jsonl(tmp_path / "b.jsonl", [{"question_id": q, "text": t} for q, t, _ in rows])
     assert "auroc" not in score_file("pope", d, plain)["metrics"]  # LLaVA's answer files carry no alternatives
     bad = jsonl(tmp_path / "c.jsonl", [{"question_id": 10_000_001, "text": "Yes", "metadata": {"first_token_logprobs": {"yes": -1}}}])

@@ -107,13 +107,17 @@ def auroc(scores: list[float], labels: list[bool]) -> float | None:
 
 def yes_probability(alternatives: list[tuple[str, float]]) -> float:
     """p(yes) / (p(yes) + p(no)) of the first answer token, from its top-k alternatives ("Yes" and " yes" count as
-    yes); 0.5 when neither word is among them."""
+    yes). A word not among them gets the least listed probability, its upper bound, so that a model sure of one
+    word still ranks by how sure; 0.5 when neither word is listed."""
+    if not alternatives:
+        return 0.5
     mass = {"yes": 0.0, "no": 0.0}
     for text, logprob in alternatives:
         if (word := text.strip().lower()) in mass:
             mass[word] += math.exp(logprob)
-    total = mass["yes"] + mass["no"]
-    return mass["yes"] / total if total else 0.5
+    floor = math.exp(min(lp for _, lp in alternatives))
+    yes, no = mass["yes"] or floor, mass["no"] or floor
+    return yes / (yes + no)
 
 
 def score(data_dir: Path, answers: list[Answer], judge=None) -> Scored:

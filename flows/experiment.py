@@ -47,6 +47,7 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
 def _run(spec: str, setting: str, seed: int, overrides: dict[str, Any]) -> dict:
     """One (setting, seed): its `seva` subflow, and its line of runs.jsonl."""
     exp = experiment.load(spec)
+    experiment.share_cores(exp.workers)
     if exp.require_gates and "pretrain" in pipeline.stages_until(load_config(exp.preset, overrides), None):
         base = seva.with_options(flow_run_name=f"{setting}-seed{seed}-base")(
             config=exp.preset, overrides=overrides, until="pretrain")

@@ -239,3 +239,25 @@ def test_readme_section_is_the_experiment_table(tmp_path):
     assert not experiment.publish_readme(out, plain) and plain.read_text() == "no markers\n"
 
 
+def test_concurrent_runs_share_the_cores_and_pass_the_share_on(monkeypatch):
+    """Two runs on two CPUs: one thread each, here and in the processes a run starts (its vLLM workers)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv(experiment.THREADS, "0")  # recorded as it was, so that teardown restores it
+    monkeypatch.delenv(experiment.THREADS)
+    monkeypatch.setattr(experiment.os, "sched_getaffinity", lambda pid: {0, 1})
+    try:
+        assert experiment.share_cores(1) is None and experiment.THREADS not in experiment.os.environ  # alone: all
+        assert experiment.share_cores(2) == 1 and torch.get_num_threads() == 1
+        child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                               capture_output=True, text=True, check=True)
+        assert child.stdout.strip() == "1"
+        monkeypatch.setattr(experiment.os, "sched_getaffinity", lambda pid: set(range(8)))
+        monkeypatch.setenv(experiment.THREADS, "3")  # the user's count is kept
+        assert experiment.share_cores(2) is None and experiment.os.environ[experiment.THREADS] == "3"
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,8 @@
 
     python experiments/miniature/table.py f1 "families 0.8" f2 "families 0.9" ...
 
+    python experiments/miniature/table.py --sweep experiments/miniature-sweep
+
 Columns: clean all / shape / colour / exists / side / choice / genre | POPE yes / F1 | noised POPE yes / F1 |
 noised all (drop) | tower shape | gates passed | minutes.
 A `bind.py` run (text only) gives one row per evaluation instead: step | all / shape / colour / count / side /
@@ -45,6 +47,29 @@ def row(name: str, change: str) -> str:
             f"{s['seconds']['total'] / 60:.0f} |")
 
 
+def sweep(out: Path) -> str:
+    """An experiment's settings side by side from its runs.jsonl: POPE F1 Δ per seed, the POPE yes-ratio after
+    (mean of the splits), the AUROC of p(yes) Δ ×100 per seed, and paired POPE and MME accuracy Δ ± SE pooled over
+    seeds (summary.json)."""
+    runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    lines = ["| setting | POPE F1 Δ per seed | yes-ratio after | AUROC Δ ×100 | paired POPE | paired MME |",
+             "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["setting"] for r in runs):
+        mine = sorted((r for r in runs if r["setting"] == name), key=lambda r: r["seed"])
+        f1 = " / ".join(f"{r['benchmarks']['pope']['aligned'] - r['benchmarks']['pope']['base']:+.2f}" for r in mine)
+        yes = " / ".join(f"{sum(v for k, v in r['pope_splits']['aligned'].items() if k.endswith('/yes_ratio')) / 3:.1f}"
+                         for r in mine)
+        auroc = " / ".join(f"{100 * (r['auroc']['aligned'] - r['auroc']['base']):+.2f}" if r.get("auroc") else "–" for r in mine)
+        paired = summary[name].get("paired", {})
+        cells = [f"{paired[b]['delta_accuracy']:+.2f} ± {paired[b]['se']:.2f}" if b in paired else "–" for b in ("pope", "mme")]
+        lines.append(f"| {name} | {f1} | {yes} | {auroc} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    print("\n".join(row(n, c) for n, c in zip(args[::2], args[1::2])))
+    if args[:1] == ["--sweep"]:
+        print(sweep(Path(args[1])))
+    else:
+        print("\n".join(row(n, c) for n, c in zip(args[::2], args[1::2])))

@@ -56,7 +56,7 @@ class ExperimentConfig(BaseModel):
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds of every setting that names none.")
     seed_keys: list[str] = Field(["sample.seed", "augment.seed", "train.seed"], description="Fields a seed sets (add pretrain.seed so that each seed has its own base model).")
     require_gates: bool = Field(True, description="Refuse to run SeVa on a base model whose pretrain manifest fails a gate (toy world, DESIGN §5).")
-    workers: int = Field(1, ge=1, description="Runs at once, each in its own process with its share of the cores (`share_cores`: 2 on 2 cores, one thread each); stages runs share (a seed's base model, its pairs) are built once.")
+    workers: int = Field(1, ge=1, description="Runs at once, each in its own process with its share of the cores (`share_cores`: 2 on 2 cores, one thread each); the stages that runs share (a seed's base model, its pairs) are built once.")
     settings: list[Setting] = Field(min_length=1, description="The first is the headline; the rest are the sweep.")
 
     def runs(self) -> list[tuple[str, int, dict[str, Any]]]:
@@ -84,7 +84,8 @@ def share_cores(workers: int) -> int | None:
         return None
     import torch
 
-    n = max(1, len(os.sched_getaffinity(0)) // workers)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
+    n = max(1, cpus // workers)
     os.environ[THREADS] = str(n)
     torch.set_num_threads(n)
     return n

@@ -10,7 +10,6 @@ are the same number up to float error (tests/test_engines.py checks the log-prob
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path

@@ -78,7 +78,7 @@ def share_cores(workers: int) -> int | None:
     OMP_NUM_THREADS for the processes it starts (vLLM workers); returns that share, or None if left alone.
 
     Otherwise every run takes every core: DPO's torch threads and a vLLM worker's beside another run's spin on the
-    same cores (measured on 2 cores: an evaluate stage 58 s alone, ~138 s beside another run). A thread count the
+    same cores (measured on 2 cores: an evaluate stage 58 s alone, 111-159 s beside another run). A thread count the
     user set (OMP_NUM_THREADS) is kept."""
     if workers < 2 or THREADS in os.environ:
         return None

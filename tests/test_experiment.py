@@ -239,6 +239,27 @@ def test_readme_section_is_the_experiment_table(tmp_path):
     assert not experiment.publish_readme(out, plain) and plain.read_text() == "no markers\n"
 
 
+def test_readme_names_the_commit_and_says_when_the_tree_differs_from_it(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "preset.yaml").write_text("steps: 1\n")
+    (tmp_path / "README.md").write_text("<!-- experiments/out: begin -->\n<!-- experiments/out: end -->\n")
+    out = experiment.write(_exp(tmp_path), RUNS)
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (out / "table.md").write_text((out / "table.md").read_text() + "new numbers\n")  # its own outputs do not count
+    assert experiment.publish_readme(out, tmp_path / "README.md")
+    assert f"at commit {head}:" in (tmp_path / "README.md").read_text()
+    (tmp_path / "preset.yaml").write_text("steps: 2\n")  # measured on an edited preset
+    assert experiment.publish_readme(out, tmp_path / "README.md")
+    assert f"at commit {head} with uncommitted changes:" in (tmp_path / "README.md").read_text()
+
+
 def test_concurrent_runs_share_the_cores_and_pass_the_share_on(monkeypatch):
     """Two runs on two CPUs: one thread each, here and in the processes a run starts (its vLLM workers)."""
     import subprocess

@@ -23,7 +23,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.seva import seva
-from seva_tasks import experiment, pipeline, plots
+from seva_tasks import experiment, pipeline, plots, readme
 from seva_tasks.config import ROOT, load_config
 
 
@@ -39,7 +39,7 @@ def run_experiment(spec: str = "configs/experiments/toy-seva.yaml") -> str:
         create_markdown_artifact(key="seva-experiment", markdown=_report(exp, out, len(done), len(plan)),
                                  description=f"{spec} -> {out} ({len(done)}/{len(plan)} runs)")
     print((out / "table.md").read_text())
-    if experiment.publish_readme(out, ROOT / "README.md"):
+    if readme.publish(out, ROOT / "README.md"):
         print(f"README.md: the experiments/{out.name} section now quotes {out / 'table.md'}")
     return str(out)
 

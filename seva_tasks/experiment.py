@@ -33,7 +33,6 @@ from seva_tasks.benchmarks.report import NAMES
 from seva_tasks.config import load_config
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.stages.sample import reference_answers
-from seva_tasks.store import write_atomic
 
 
 class Setting(BaseModel):
@@ -351,40 +350,6 @@ def _plot_sweep(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _provenance(root: Path, out: Path) -> str:
-    """The README's ' at commit X' for the checkout at `root`, plus ' with uncommitted changes' when a tracked file
-    other than the experiment's outputs and the README differs from X: a table measured on edited code or presets
-    must not read as if X reproduces it."""
-    import subprocess
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-
-    head = git("rev-parse", "--short", "HEAD")
-    if head.returncode:
-        return ""
-    mine = out.resolve().relative_to(root.resolve()) if out.resolve().is_relative_to(root.resolve()) else None
-    skip = [":(exclude)README.md"] + ([f":(exclude){mine}"] if mine else [])
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", *skip).stdout.strip()
-    return f" at commit {head.stdout.strip()}" + (" with uncommitted changes" if dirty else "")
-
-
-def publish_readme(out: Path, readme: Path) -> bool:
-    """Put `out`'s table.md into `readme` between `<!-- experiments/<name>: begin -->` and `... end -->`,
-    so the README quotes what the experiment measured, never a number typed in. False: no such markers."""
-    begin, end = f"<!-- experiments/{out.name}: begin -->", f"<!-- experiments/{out.name}: end -->"
-    text = readme.read_text() if readme.is_file() else ""
-    if begin not in text or end not in text:
-        return False
-    at = _provenance(readme.parent, out)
-    body = (f"*Written by `seva experiment` from `experiments/{out.name}/`{at}: "
-            f"[table.md](experiments/{out.name}/table.md), `runs.jsonl`, `verdict.json`, `plots/`.*\n\n"
-            + (out / "table.md").read_text())
-    new = text[: text.index(begin) + len(begin)] + "\n" + body + text[text.index(end):]
-    write_atomic(readme, lambda tmp: tmp.write_text(new))
-    return True
 
 
 def write(exp: ExperimentConfig, runs: list[dict]) -> Path:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from seva_tasks import experiment, verdict
+from seva_tasks import readme as readme_section
 from seva_tasks.errors import ConfigError
 
 
@@ -230,13 +231,13 @@ def test_readme_section_is_the_experiment_table(tmp_path):
     out = experiment.write(_exp(tmp_path), RUNS)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- experiments/out: begin -->\nold numbers\n<!-- experiments/out: end -->\noutro\n")
-    assert experiment.publish_readme(out, readme)
+    assert readme_section.publish(out, readme)
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("<!-- experiments/out: end -->\noutro\n")
     assert (out / "table.md").read_text() in text
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
-    assert not experiment.publish_readme(out, plain) and plain.read_text() == "no markers\n"
+    assert not readme_section.publish(out, plain) and plain.read_text() == "no markers\n"
 
 
 def test_readme_names_the_commit_and_says_when_the_tree_differs_from_it(tmp_path):
@@ -253,10 +254,10 @@ def test_readme_names_the_commit_and_says_when_the_tree_differs_from_it(tmp_path
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     (out / "table.md").write_text((out / "table.md").read_text() + "new numbers\n")  # its own outputs do not count
-    assert experiment.publish_readme(out, tmp_path / "README.md")
+    assert readme_section.publish(out, tmp_path / "README.md")
     assert f"at commit {head}:" in (tmp_path / "README.md").read_text()
     (tmp_path / "preset.yaml").write_text("steps: 2\n")  # measured on an edited preset
-    assert experiment.publish_readme(out, tmp_path / "README.md")
+    assert readme_section.publish(out, tmp_path / "README.md")
     assert f"at commit {head} with uncommitted changes:" in (tmp_path / "README.md").read_text()
 
 

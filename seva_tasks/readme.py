@@ -19,8 +19,8 @@ def _provenance(root: Path, out: Path) -> str:
     head = git("rev-parse", "--short", "HEAD")
     if head.returncode:
         return ""
-    mine = out.resolve().relative_to(root.resolve()) if out.resolve().is_relative_to(root.resolve()) else None
-    skip = [":(exclude)README.md"] + ([f":(exclude){mine}"] if mine else [])
+    out, root = out.resolve(), root.resolve()
+    skip = [":(exclude)README.md"] + ([f":(exclude){out.relative_to(root)}"] if out.is_relative_to(root) else [])
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", *skip).stdout.strip()
     return f" at commit {head.stdout.strip()}" + (" with uncommitted changes" if dirty else "")
 

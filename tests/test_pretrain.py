@@ -20,7 +20,7 @@ from seva_tasks.config import PipelineConfig
 from seva_tasks.llava.prompts import SHORT_ANSWER, SYSTEMS
 from seva_tasks.stages import pretrain
 from seva_tasks.stages.pretrain import PretrainConfig
-from seva_tasks.toy import ToyConfig, heldout, mix
+from seva_tasks.toy import ToyConfig, heldout, lm, mix
 from seva_tasks.toy.scenes import COLORS, GENRES, SHAPES
 
 # A short run on the two sources whose questions are learned first (book genres are told by the
@@ -179,3 +179,26 @@ def test_encode_masks_everything_but_answers():
     prompt_ids = tok(toy.prompt("What color is the circle?")).input_ids  # what generation sees
     prompt_ids[prompt_ids.index(image):prompt_ids.index(image) + 1] = [image] * 16
     assert ids[: len(prompt_ids)] == prompt_ids
+
+
+def test_text_mixes_the_vicunas_conversations_in_this_stages_format():
+    """pretrain.text: fresh text conversations (no pixels) of toy.lm's kind, in vicuna_v1 as the image rows are, with
+    loss on the answer only; none with text 0."""
+    from transformers import AutoConfig, AutoProcessor
+
+    base = toy.model_dir(ToyConfig())
+    processor, config = AutoProcessor.from_pretrained(base), AutoConfig.from_pretrained(base)
+    cfg = PretrainConfig(sources=(), extra={"gqa": 20})
+    images, counts = pretrain._examples(cfg, processor, config)
+    mixed, mixed_counts = pretrain._examples(cfg.model_copy(update={"text": 30}), processor, config)
+    assert "text" not in counts and mixed_counts["text"] == 30 and len(mixed) == len(images) + 30
+    assert [e["input_ids"] for e in mixed[:len(images)]] == [e["input_ids"] for e in images]
+    assert all(e["pixels"] is None for e in mixed[len(images):])
+    tok = processor.tokenizer
+    for e in mixed[len(images):]:
+        text = tok.decode(e["input_ids"])
+        assert text.startswith("<s> " + SYSTEMS["vicuna_v1"] + " USER: ") and "<image>" not in text
+        answer = tok.decode([t for t in e["labels"] if t != -100])
+        assert text.endswith(" ASSISTANT: " + answer) and answer.endswith("</s>")
+    replayed = lm.examples(tok, cfg.seed, 30, lookup_share=0.0, grid=4, template="vicuna_v1")  # the vicuna's stream
+    assert [e["input_ids"] for e in mixed[len(images):]] != [e["input_ids"] for e in replayed]  # fresh scenes instead

@@ -70,6 +70,23 @@ def test_grid_captions_are_the_words_the_role_tower_aligns_and_answers_hold_on_t
     assert all(len(it["segments"][0][0].split("\n")[0].split()) == 17 for it in held)  # "USER:" + 16 words
 
 
+def test_vicuna_v1_conversations_are_the_prompt_the_image_model_is_asked_with_the_caption_for_the_image():
+    """conv_template vicuna_v1: the gates' and benchmarks' prompt (`toy.prompt`, GQA's short-answer suffix, a lettered
+    question's own instruction) with the caption where `<image>` is; the same scenes, questions and answers as bare."""
+    bare, full = lm.conversations(0, 300, grid=4), lm.conversations(0, 300, grid=4, template="vicuna_v1")
+    assert [c[1] for c in full] == [c[1] for c in bare]
+    for b, f in zip(bare, full):
+        caption, question = b[0][0].removeprefix("USER: ").removesuffix(" ASSISTANT:").split("\n", 1)
+        asked = question if "\nA. " in question else f"{question}\n{SHORT_ANSWER}"
+        assert f[0] == (toy.prompt(asked).replace("<image>", caption), False), f[0]
+    assert 120 < sum(c[0][0].endswith(f"{SHORT_ANSWER} ASSISTANT:") for c in full) < 180  # GQA-style: half (157)
+    held = lm.heldout(0, 70, 4, "vicuna_v1")
+    assert [it["answer"] for it in held] == [it["answer"] for it in lm.heldout(0, 70, 4)]
+    assert all(it["segments"][0][0].startswith(SYSTEMS["vicuna_v1"] + " USER: ") for it in held)
+    with pytest.raises(ValueError, match="conv_template"):
+        VicunaConfig(conv_template="llava_v1")
+
+
 def test_heldout_items_are_fresh_and_caption_based():
     items = lm.heldout(0, 70)
     assert {it["kind"] for it in items} == set(lm.KINDS) and "genre" not in lm.KINDS

@@ -13,6 +13,10 @@ answer-only cross-entropy on
   stream (`Random(f"{seed}:pretrain:{source}")`, never the benchmarks' `"{seed}:benchmarks"`), asked
   the same question templates as the mix (`toy.mix.QAS`), rendered in memory and JPEG-encoded as the
   mix's images are. The 184-row default mix alone is far too little to learn colours and shapes.
+- `text` of the `vicuna` stage's text conversations (`toy.lm`, the grid caption where the image goes, fresh
+  scenes from `"{seed}:pretrain:lm"`) in this stage's vicuna_v1 format, as LLaVA-1.5 mixes ShareGPT's text into
+  instruction tuning: without them, instruction tuning wears down what the vicuna reads in text (held-out text
+  0.79 -> 0.71, experiments/miniature session 15), and the image model reads no better than what is left.
 
 LLaVA-1.5 starts from Vicuna and CLIP, and freezes CLIP. The `vicuna` and `tower` stages (when configured)
 stand in for them: the last of them is this stage's input model, and `freeze_tower` keeps the tower as the
@@ -51,7 +55,7 @@ from seva_tasks.base import resolve
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
-from seva_tasks.toy import fit, gates, mix, tower
+from seva_tasks.toy import fit, gates, lm, mix, tower
 from seva_tasks.toy.heldout import accuracy, ask, heldout, load, majority
 from seva_tasks.toy.scenes import random_scene, render
 
@@ -73,6 +77,7 @@ class PretrainConfig(fit.FitConfig):
         default_factory=lambda: {"gqa": 4000, "coco": 600, "ocr_vqa": 800, "textvqa": 400},
         description="Fresh training scenes per source (toy templates, this stage's own seed stream) on top of the mix.")
     yes_share: float = Field(mix.YES_SHARE, ge=0, le=1, description="Share of the extra GQA scenes' existence questions that name a present thing (the mix's own: toy.mix.YES_SHARE); above it, a base model that says yes when unsure, as LLaVA does.")
+    text: int = Field(0, ge=0, description="Text conversations of the vicuna stage's kind (toy.lm: the grid caption in the image's place, GQA-style and lettered questions) mixed in, in this stage's format, as LLaVA-1.5 mixes ShareGPT's text: they keep the language model's reading from wearing down.")
     steps: int = Field(1000, ge=1, description="Optimizer steps (~0.2 s each on one free core at the default sizes).")
     max_length: int = Field(512, ge=32, description="Conversations longer than this many tokens (image tokens included) are dropped and counted.")
     seed: int = Field(0, description="Seeds the extra scenes, data order and the held-out questions' scenes.")
@@ -191,6 +196,10 @@ def _examples(cfg: PretrainConfig, processor, config) -> tuple[list[dict], dict]
             continue
         px = _pixels(image, config.vision_config.image_size, ip.image_mean) if image is not None else None
         out.append({"input_ids": ids, "labels": labels, "pixels": px})
+    if cfg.text:  # tokenized as the vicuna stage's; none is near max_length (16 caption words, one question)
+        grid = config.vision_config.image_size // config.vision_config.patch_size
+        out += lm.examples(tok, f"{cfg.seed}:pretrain", cfg.text, lookup_share=0.0, grid=grid, template="vicuna_v1")
+        counts["text"] = cfg.text
     counts.update(examples=len(out), dropped_too_long=too_long,
                   answer_tokens=sum(sum(t != -100 for t in e["labels"]) for e in out))
     if not out:

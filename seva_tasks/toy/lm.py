@@ -9,9 +9,12 @@ the image tokens (fastest when `toy.tower`'s aligned phase has pointed those tok
 
 Data: one-turn conversations `USER: {caption}\\n{question} ASSISTANT: {answer}</s>` about fresh shape
 scenes (seed stream `"{seed}:lm"`): the scene's caption stands where the image will be, the question is
-one of the mix's GQA-style templates, or A-OKVQA's lettered choice, or a lettered lookup for a share of them. No
-system prompt and no short-answer suffix: short contexts are what this model learns from. Loss on the
-answer and its `</s>` only. No image goes in, so only the language model's weights change.
+one of the mix's GQA-style templates, or A-OKVQA's lettered choice, or a lettered lookup for a share of them.
+Bare (`template="bare"`): no system prompt and no short-answer suffix. With `template="vicuna_v1"`: LLaVA's
+conversation with its system prompt, and GQA's short-answer suffix as the mix asks it, the format instruction
+tuning, the gates and the benchmarks put the image in (a vicuna trained bare reads that format at 0.26 against 0.90
+bare: experiments/miniature, session 15). Loss on the answer and its `</s>` only. No image goes in, so only the
+language model's weights change.
 
 Check: held-out questions of every image kind but genre (`heldout`'s templates, stream `"{seed}:lm-heldout"`),
 captions in place of images, scored by exact match of every answer token under teacher forcing (what
@@ -21,8 +24,9 @@ greedy decoding would produce).
 from __future__ import annotations
 
 import random
+from typing import Literal
 
-from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, encode_batch
+from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, conversation, encode_batch
 from seva_tasks.toy import mix, tower
 from seva_tasks.toy.heldout import HELDOUT_KINDS, rates
 from seva_tasks.toy.heldout import heldout as heldout_items
@@ -34,11 +38,18 @@ from seva_tasks.toy.scenes import random_scene
 CHOICE_SHARE = 0.3  # lettered choice (A-OKVQA's form)
 LOOKUP_SHARE = 0.2  # lettered lookups whose question names the answer ("Which option is red?")
 KINDS = tuple(k for k in HELDOUT_KINDS if k != "genre")  # a book's genre is not in its caption
+Template = Literal["bare", "vicuna_v1"]
 
 
-def segments(caption: str, question: str, answer: str) -> list[tuple[str, bool]]:
-    """One short conversation as (text, in_loss) pieces, for `prompts.encode`."""
-    return [(f"USER: {caption}\n{question} ASSISTANT:", False), (f" {answer}{SEP2}", True)]
+def segments(caption: str, question: str, answer: str, template: Template = "bare") -> list[tuple[str, bool]]:
+    """One conversation as (text, in_loss) pieces, for `prompts.encode`: bare, or in `template` (LLaVA's
+    `preprocess_v1`, the caption where `<image>` would be) with the short-answer suffix of a GQA-style question."""
+    question = question.removesuffix(f"\n{SHORT_ANSWER}")
+    if template == "bare":
+        return [(f"USER: {caption}\n{question} ASSISTANT:", False), (f" {answer}{SEP2}", True)]
+    if "\nA. " not in question:
+        question = f"{question}\n{SHORT_ANSWER}"  # as the mix asks GQA's questions (a lettered one has its own)
+    return conversation([(f"{caption}\n{question}", answer)], template, image=False)
 
 
 def lookup_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
@@ -57,7 +68,7 @@ def caption(scene: dict, grid: int = 0) -> str:
 
 
 def conversations(seed: int, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE,
-                  grid: int = 0) -> list[list[tuple[str, bool]]]:
+                  grid: int = 0, template: Template = "bare") -> list[list[tuple[str, bool]]]:
     """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"` (`caption`): a
     lettered choice for `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`,
     else a GQA-style question."""
@@ -72,7 +83,7 @@ def conversations(seed: int, n: int, choice_share: float = CHOICE_SHARE, lookup_
             qas = mix.aokvqa_qas(rng, scene)
         else:
             qas = mix.QAS["gqa"](rng, scene)
-        out.append(segments(caption(scene, grid), *qas[0]))  # the mix shuffles its questions: the first is random
+        out.append(segments(caption(scene, grid), *qas[0], template))  # the mix shuffles its questions: the first is random
     return out
 
 
@@ -82,12 +93,11 @@ def examples(tokenizer, seed: int, n: int, **options) -> list[dict]:
             for ids, loss in encode_batch(tokenizer, conversations(seed, n, **options))]
 
 
-def heldout(seed: int, n: int, grid: int = 0) -> list[dict]:
+def heldout(seed: int, n: int, grid: int = 0, template: Template = "bare") -> list[dict]:
     """Held-out text items: {kind, answer, segments}, the image questions with the caption in the image's place."""
     items = heldout_items(seed, n, kinds=KINDS, stream="lm-heldout")
     return [{"kind": it["kind"], "answer": it["answer"],
-             "segments": segments(caption(it["scene"], grid), it["question"].removesuffix(f"\n{SHORT_ANSWER}"), it["answer"])}
-            for it in items]
+             "segments": segments(caption(it["scene"], grid), it["question"], it["answer"], template)} for it in items]
 
 
 def accuracy(model, tokenizer, items: list[dict], batch: int = 64) -> dict[str, float]:

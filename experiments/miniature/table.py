@@ -7,7 +7,7 @@
 Columns: clean all / shape / colour / exists / side / choice / genre | POPE yes / F1 | noised POPE yes / F1 |
 noised all (drop) | tower shape | gates passed | minutes.
 A `bind.py` run (text only) gives one row per evaluation instead: step | all / shape / colour / count / side /
-exists / pope / choice | minutes; a text-only probe (`probe.py ... until=vicuna`, `runs/t*.json`) one row of the
+exists / pope / choice | minutes; a `formats.py` record one row per model and format; a text-only probe (`probe.py ... until=vicuna`, `runs/t*.json`) one row of the
 same kinds. The tower column is the aligned shape head's per-patch accuracy, or with roles the role head's.
 """
 
@@ -27,8 +27,17 @@ def bind_rows(name: str, change: str, evals: list[dict]) -> str:
                      f"{e['seconds'] / 60:.0f} |" for e in evals)
 
 
+def format_rows(record: dict) -> str:
+    """A `formats.py` record: one row per model and format (model | format | kinds as `bind_rows`)."""
+    kinds = ("all", "shape", "color", "count", "side", "exists", "pope", "choice")
+    return "\n".join(f"| {Path(model).parent.name}/{Path(model).name[:6]} | {fmt} | {' / '.join(f'{acc[k]:.2f}' for k in kinds)} |"
+                     for model, by_format in record.items() for fmt, acc in by_format.items())
+
+
 def row(name: str, change: str) -> str:
     record = json.loads((RUNS / f"{name}.json").read_text())
+    if all(isinstance(v, dict) and "bare" in v for v in record.values()):
+        return format_rows(record)
     if "evals" in record:
         return bind_rows(name, change, record["evals"])
     if "stats" not in record:  # text only

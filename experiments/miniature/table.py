@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from seva_tasks.verdict import verdict  # noqa: E402
+
 RUNS = Path(__file__).parent / "runs"
 KINDS = ("all", "shape", "color", "exists", "side", "choice", "genre")
 
@@ -58,21 +60,26 @@ def row(name: str, change: str) -> str:
 
 def sweep(out: Path) -> str:
     """An experiment's settings side by side from its runs.jsonl: POPE F1 Δ per seed, the POPE yes-ratio after
-    (mean of the splits), the AUROC of p(yes) Δ ×100 per seed, and paired POPE and MME accuracy Δ ± SE pooled over
-    seeds (summary.json)."""
+    (mean of the splits), the AUROC of p(yes) Δ ×100 per seed and their mean, paired POPE and MME accuracy Δ ± SE
+    pooled over seeds (summary.json), and as `verdict.json` would give them with the setting as the headline: the
+    pooled McNemar p and the worst other benchmark's Δ in SEs."""
     runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    lines = ["| setting | POPE F1 Δ per seed | yes-ratio after | AUROC Δ ×100 | paired POPE | paired MME |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| setting | POPE F1 Δ per seed | yes-ratio after | AUROC Δ ×100 (mean) | paired POPE | paired MME | McNemar p | worst other |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["setting"] for r in runs):
         mine = sorted((r for r in runs if r["setting"] == name), key=lambda r: r["seed"])
         f1 = " / ".join(f"{r['benchmarks']['pope']['aligned'] - r['benchmarks']['pope']['base']:+.2f}" for r in mine)
         yes = " / ".join(f"{sum(v for k, v in r['pope_splits']['aligned'].items() if k.endswith('/yes_ratio')) / 3:.1f}"
                          for r in mine)
         auroc = " / ".join(f"{100 * (r['auroc']['aligned'] - r['auroc']['base']):+.2f}" if r.get("auroc") else "–" for r in mine)
+        v = verdict(runs, name, [])  # the issue's criteria with this setting as the headline
+        if v["auroc_delta"]:
+            auroc += f" ({100 * sum(v['auroc_delta']) / len(v['auroc_delta']):+.2f})"
         paired = summary[name].get("paired", {})
         cells = [f"{paired[b]['delta_accuracy']:+.2f} ± {paired[b]['se']:.2f}" if b in paired else "–" for b in ("pope", "mme")]
-        lines.append(f"| {name} | {f1} | {yes} | {auroc} | {' | '.join(cells)} |")
+        worst = "–" if v["worst_other_delta_in_se"] is None else f"{v['worst_other_delta_in_se']:+.1f} SE"
+        lines.append(f"| {name} | {f1} | {yes} | {auroc} | {' | '.join(cells)} | {v['pope_f1_mcnemar_p']:.1e} | {worst} |")
     return "\n".join(lines)
 
 

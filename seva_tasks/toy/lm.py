@@ -67,7 +67,7 @@ def caption(scene: dict, grid: int = 0) -> str:
     return tower.grid_caption(scene, grid) if grid else scene["caption"]
 
 
-def conversations(seed: int, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE,
+def conversations(seed: int | str, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE,
                   grid: int = 0, template: Template = "bare") -> list[list[tuple[str, bool]]]:
     """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"` (`caption`): a
     lettered choice for `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`,
@@ -87,7 +87,7 @@ def conversations(seed: int, n: int, choice_share: float = CHOICE_SHARE, lookup_
     return out
 
 
-def examples(tokenizer, seed: int, n: int, **options) -> list[dict]:
+def examples(tokenizer, seed: int | str, n: int, **options) -> list[dict]:
     """Tokenized training conversations (`conversations`' options) in `toy.fit`'s example format (no pixels)."""
     return [{"input_ids": ids, "labels": [t if x else -100 for t, x in zip(ids, loss)], "pixels": None}
             for ids, loss in encode_batch(tokenizer, conversations(seed, n, **options))]

@@ -7,8 +7,9 @@
 Columns: clean all / shape / colour / exists / side / choice / genre | POPE yes / F1 | noised POPE yes / F1 |
 noised all (drop) | tower shape | gates passed | minutes.
 A `bind.py` run (text only) gives one row per evaluation instead: step | all / shape / colour / count / side /
-exists / pope / choice | minutes; a `formats.py` record one row per model and format; a text-only probe (`probe.py ... until=vicuna`, `runs/t*.json`) one row of the
-same kinds. The tower column is the aligned shape head's per-patch accuracy, or with roles the role head's.
+exists / pope / choice | minutes; a `formats.py` record one row per model and format; a text-only probe
+(`probe.py ... until=vicuna`, `runs/t*.json`) one row of the same kinds. The tower column is the aligned shape
+head's per-patch accuracy, or with roles the role head's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from seva_tasks.verdict import verdict  # noqa: E402
+from seva_tasks.verdict import verdict
 
 RUNS = Path(__file__).parent / "runs"
 KINDS = ("all", "shape", "color", "exists", "side", "choice", "genre")

@@ -87,6 +87,19 @@ def test_vicuna_v1_conversations_are_the_prompt_the_image_model_is_asked_with_th
         VicunaConfig(conv_template="llava_v1")
 
 
+def test_both_formats_mixes_bare_and_vicuna_v1_conversations_and_checks_in_vicuna_v1():
+    """conv_template both: each conversation bare or vicuna_v1 (about half each, drawn from the seed stream, so the
+    same bytes every time); the held-out check asks in vicuna_v1, the format the image model is asked in."""
+    both = lm.conversations(0, 300, grid=4, template="both")
+    assert both == lm.conversations(0, 300, grid=4, template="both")
+    v1 = [c for c in both if c[0][0].startswith(SYSTEMS["vicuna_v1"] + " USER: ")]
+    bare = [c for c in both if c[0][0].startswith("USER: ")]
+    assert len(v1) + len(bare) == 300 and 120 < len(v1) < 180, len(v1)
+    assert all(c[0][0].endswith(" ASSISTANT:") and c[1][1] for c in both)
+    assert lm.heldout(0, 70, 4, "both") == lm.heldout(0, 70, 4, "vicuna_v1")
+    assert VicunaConfig(conv_template="both").conv_template == "both"
+
+
 def test_heldout_items_are_fresh_and_caption_based():
     items = lm.heldout(0, 70)
     assert {it["kind"] for it in items} == set(lm.KINDS) and "genre" not in lm.KINDS

@@ -42,7 +42,7 @@ class VicunaConfig(fit.FitConfig):
     lookup_share: float = Field(lm.LOOKUP_SHARE, ge=0, le=1, description="Share asking a lettered lookup whose question names its answer ('Which option is red?'): the letter hop alone, which lets lettered choice form (experiments/miniature b14-b16).")
     seed: int = Field(0, description="Seeds the conversations' scenes, the data order and the held-out questions.")
     heldout: int = Field(280, ge=0, description="Held-out text questions (split evenly over the 7 kinds); 0: skip.")
-    conv_template: lm.Template = Field("bare", description="The conversations' format: 'bare' (`USER: {caption}\\n{question} ASSISTANT:`) or 'vicuna_v1', LLaVA's, with its system prompt and GQA's short-answer suffix: the format instruction tuning, the gates and the benchmarks use (`toy.lm`).")
+    conv_template: lm.Template = Field("bare", description="The conversations' format: 'bare' (`USER: {caption}\\n{question} ASSISTANT:`) or 'vicuna_v1', LLaVA's, with its system prompt and GQA's short-answer suffix: the format instruction tuning, the gates and the benchmarks use; or 'both', half each, checked in vicuna_v1 (`toy.lm`).")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
 
     @model_validator(mode="after")

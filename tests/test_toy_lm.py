@@ -96,8 +96,10 @@ def test_both_formats_mixes_bare_and_vicuna_v1_conversations_and_checks_in_vicun
     bare = [c for c in both if c[0][0].startswith("USER: ")]
     assert len(v1) + len(bare) == 300 and 120 < len(v1) < 180, len(v1)
     assert all(c[0][0].endswith(" ASSISTANT:") and c[1][1] for c in both)
+    quarter = lm.conversations(0, 300, grid=4, template="both", v1_share=0.25)
+    assert 50 < sum(c[0][0].startswith(SYSTEMS["vicuna_v1"]) for c in quarter) < 100
     assert lm.heldout(0, 70, 4, "both") == lm.heldout(0, 70, 4, "vicuna_v1")
-    assert VicunaConfig(conv_template="both").conv_template == "both"
+    assert VicunaConfig(conv_template="both", v1_share=0.25).v1_share == 0.25
 
 
 def test_heldout_items_are_fresh_and_caption_based():

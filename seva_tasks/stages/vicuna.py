@@ -42,7 +42,8 @@ class VicunaConfig(fit.FitConfig):
     lookup_share: float = Field(lm.LOOKUP_SHARE, ge=0, le=1, description="Share asking a lettered lookup whose question names its answer ('Which option is red?'): the letter hop alone, which lets lettered choice form (experiments/miniature b14-b16).")
     seed: int = Field(0, description="Seeds the conversations' scenes, the data order and the held-out questions.")
     heldout: int = Field(280, ge=0, description="Held-out text questions (split evenly over the 7 kinds); 0: skip.")
-    conv_template: lm.Template = Field("bare", description="The conversations' format: 'bare' (`USER: {caption}\\n{question} ASSISTANT:`) or 'vicuna_v1', LLaVA's, with its system prompt and GQA's short-answer suffix: the format instruction tuning, the gates and the benchmarks use; or 'both', half each, checked in vicuna_v1 (`toy.lm`).")
+    conv_template: lm.Template = Field("bare", description="The conversations' format: 'bare' (`USER: {caption}\\n{question} ASSISTANT:`) or 'vicuna_v1', LLaVA's, with its system prompt and GQA's short-answer suffix: the format instruction tuning, the gates and the benchmarks use; or 'both' (`v1_share` of them in vicuna_v1), checked in vicuna_v1 (`toy.lm`).")
+    v1_share: float = Field(lm.V1_SHARE, ge=0, le=1, description="With conv_template 'both': the share of conversations in vicuna_v1, the rest bare.")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
 
     @model_validator(mode="after")
@@ -72,7 +73,7 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         grid = vision.image_size // vision.patch_size if cfg.grid_caption else 0
         examples = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
                                choice_share=cfg.choice_share, lookup_share=cfg.lookup_share, grid=grid,
-                               template=cfg.conv_template)
+                               template=cfg.conv_template, v1_share=cfg.v1_share)
         log.info("Toy Vicuna: %d steps on %d text conversations.", cfg.steps, len(examples))
         history = fit.fit(cfg, model.train(), examples, processor, out_dir, phase="vicuna", desc="vicuna")
         fit.save(model.eval(), base, out_dir / "model")

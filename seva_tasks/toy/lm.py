@@ -13,7 +13,7 @@ one of the mix's GQA-style templates, or A-OKVQA's lettered choice, or a lettere
 Bare (`template="bare"`): no system prompt and no short-answer suffix. With `template="vicuna_v1"`: LLaVA's
 conversation with its system prompt, and GQA's short-answer suffix as the mix asks it, the format instruction
 tuning, the gates and the benchmarks put the image in (a vicuna trained bare reads that format at 0.26 against 0.90
-bare: experiments/miniature, session 15). With `template="both"`: each conversation in one of the two, half each,
+bare: experiments/miniature, session 15). With `template="both"`: each conversation in one of the two (`v1_share` in vicuna_v1),
 as Vicuna read many formats before LLaVA's; its held-out check asks in vicuna_v1, the format downstream. Loss on the answer and its `</s>` only. No image goes in, so only the
 language model's weights change.
 
@@ -40,7 +40,7 @@ CHOICE_SHARE = 0.3  # lettered choice (A-OKVQA's form)
 LOOKUP_SHARE = 0.2  # lettered lookups whose question names the answer ("Which option is red?")
 KINDS = tuple(k for k in HELDOUT_KINDS if k != "genre")  # a book's genre is not in its caption
 Template = Literal["bare", "vicuna_v1", "both"]
-BOTH_V1_SHARE = 0.5  # with template "both": the share of conversations in vicuna_v1, the rest bare
+V1_SHARE = 0.5  # with template "both": the share of conversations in vicuna_v1, the rest bare
 
 
 def segments(caption: str, question: str, answer: str, template: Template = "bare") -> list[tuple[str, bool]]:
@@ -70,10 +70,10 @@ def caption(scene: dict, grid: int = 0) -> str:
 
 
 def conversations(seed: int | str, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE,
-                  grid: int = 0, template: Template = "bare") -> list[list[tuple[str, bool]]]:
+                  grid: int = 0, template: Template = "bare", v1_share: float = V1_SHARE) -> list[list[tuple[str, bool]]]:
     """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"` (`caption`): a
     lettered choice for `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`,
-    else a GQA-style question; each in `template` (with "both", drawn per conversation)."""
+    else a GQA-style question; each in `template` (with "both", vicuna_v1 for `v1_share` of them)."""
     rng = random.Random(f"{seed}:lm")
     out: list[list[tuple[str, bool]]] = []
     while len(out) < n:
@@ -85,7 +85,7 @@ def conversations(seed: int | str, n: int, choice_share: float = CHOICE_SHARE, l
             qas = mix.aokvqa_qas(rng, scene)
         else:
             qas = mix.QAS["gqa"](rng, scene)
-        form = template if template != "both" else "vicuna_v1" if rng.random() < BOTH_V1_SHARE else "bare"
+        form = template if template != "both" else "vicuna_v1" if rng.random() < v1_share else "bare"
         out.append(segments(caption(scene, grid), *qas[0], form))  # the mix shuffles its questions: the first is random
     return out
 

@@ -240,3 +240,25 @@ def test_vicuna_changes_only_the_language_model(tmp_path):
     assert any(k.startswith("language_model.model.layers.") for k in changed)
     assert stats["steps"] == 40 and stats["heldout"]["questions"] == 0
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in base.iterdir())
+
+
+def test_v1_steps_continue_the_same_model_in_vicuna_v1_on_a_fresh_stream(tmp_path):
+    """vicuna.v1_steps: the first phase is the run without them, step for step; then more steps at their own peak
+    rate, on conversations in vicuna_v1 from a stream the first phase never saw."""
+    from seva_tasks.stages import vicuna
+
+    toy.ensure(ToyConfig())
+    base = toy.model_dir(ToyConfig())
+    short = VicunaConfig(steps=20, heldout=0, logging_steps=5)
+    vicuna.run(short, {"model": base}, tmp_path / "a")
+    stats = vicuna.run(short.model_copy(update={"v1_steps": 10, "v1_learning_rate": 3e-4}), {"model": base}, tmp_path / "b")
+    a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in "ab")
+    assert [r for r in b if r["phase"] == "vicuna"] == a and len(a) == 4
+    then = [r for r in b if r["phase"] == "vicuna_v1"]
+    assert len(then) == 2 and max(r["learning_rate"] for r in then) <= 3e-4 < max(r["learning_rate"] for r in a)
+    assert stats["counts"]["conversations"] == 30 * short.batch_size
+    first, more = lm.conversations(0, 200), lm.conversations("0:v1", 200, template="vicuna_v1")
+    assert all(c[0][0].startswith(SYSTEMS["vicuna_v1"]) for c in more)
+    captions = ({c[0][0].split("USER: ", 1)[1].split("\n")[0] for c in convs} for convs in (first, more))
+    busy = [{c for c in cs if ", " in c} for cs in captions]  # 3-4 objects: a repeat is not chance
+    assert len(busy[1]) > 50 and not busy[0] & busy[1]

@@ -44,6 +44,8 @@ class VicunaConfig(fit.FitConfig):
     heldout: int = Field(280, ge=0, description="Held-out text questions (split evenly over the 7 kinds); 0: skip.")
     conv_template: lm.Template = Field("bare", description="The conversations' format: 'bare' (`USER: {caption}\\n{question} ASSISTANT:`) or 'vicuna_v1', LLaVA's, with its system prompt and GQA's short-answer suffix: the format instruction tuning, the gates and the benchmarks use; or 'both' (`v1_share` of them in vicuna_v1), checked in vicuna_v1 (`toy.lm`).")
     v1_share: float = Field(lm.V1_SHARE, ge=0, le=1, description="With conv_template 'both': the share of conversations in vicuna_v1, the rest bare.")
+    v1_steps: int = Field(0, ge=0, description="Then this many more steps in vicuna_v1 alone (a fresh stream of the same mix), as Vicuna was tuned to a chat format after its pretraining: the circuits the first phase formed, then the format the image model is asked in; the held-out check then asks in vicuna_v1.")
+    v1_learning_rate: float | None = Field(None, gt=0, description="Peak learning rate of the v1_steps (None: learning_rate).")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
 
     @model_validator(mode="after")
@@ -76,8 +78,14 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
                                template=cfg.conv_template, v1_share=cfg.v1_share)
         log.info("Toy Vicuna: %d steps on %d text conversations.", cfg.steps, len(examples))
         history = fit.fit(cfg, model.train(), examples, processor, out_dir, phase="vicuna", desc="vicuna")
+        if cfg.v1_steps:
+            more = lm.examples(tok, f"{cfg.seed}:v1", cfg.v1_steps * cfg.batch_size, choice_share=cfg.choice_share,
+                               lookup_share=cfg.lookup_share, grid=grid, template="vicuna_v1")
+            then = cfg.model_copy(update={"steps": cfg.v1_steps, "learning_rate": cfg.v1_learning_rate or cfg.learning_rate})
+            history += fit.fit(then, model, more, processor, out_dir, phase="vicuna_v1", desc="vicuna (vicuna_v1)")
+            examples += more
         fit.save(model.eval(), base, out_dir / "model")
-        items = lm.heldout(cfg.seed, cfg.heldout, grid, cfg.conv_template)
+        items = lm.heldout(cfg.seed, cfg.heldout, grid, "vicuna_v1" if cfg.v1_steps else cfg.conv_template)
         accuracy = lm.accuracy(model, tok, items) if items else {}
     steps = fit.metrics(out_dir, history)
     log.info("Toy Vicuna trained; held-out text accuracy %s → %s", accuracy, out_dir / "model")

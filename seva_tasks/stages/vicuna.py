@@ -8,8 +8,6 @@ Vicuna; the toy's random tiny LLaVA has none, and from random weights its LM doe
 a question's words with the image (experiments/miniature/README.md). This stage gives it one: short text
 conversations about fresh scenes with the caption where the image will be (`toy.lm`), answer-only
 cross-entropy, transformers' `Trainer`. No image goes in, so only the language model's weights change.
-With `v1_steps`, a second phase continues in LLaVA's `vicuna_v1` format, the one instruction tuning and the
-benchmarks ask in (a bare vicuna reads it at 0.26, this one at 0.85: experiments/miniature, session 16).
 Its output is `pretrain`'s input model, so the experiment's seeds (`pretrain.seed`) vary the tower and
 instruction tuning on one shared LM, as LLaVA's runs share one Vicuna, and a change to pretrain does not
 pay for this stage again.

@@ -13,9 +13,9 @@ one of the mix's GQA-style templates, or A-OKVQA's lettered choice, or a lettere
 Bare (`template="bare"`): no system prompt and no short-answer suffix. With `template="vicuna_v1"`: LLaVA's
 conversation with its system prompt, and GQA's short-answer suffix as the mix asks it, the format instruction
 tuning, the gates and the benchmarks put the image in (a vicuna trained bare reads that format at 0.26 against 0.90
-bare: experiments/miniature, session 15). With `template="both"`: each conversation in one of the two (`v1_share` in vicuna_v1),
-as Vicuna read many formats before LLaVA's; its held-out check asks in vicuna_v1, the format downstream. Loss on the answer and its `</s>` only. No image goes in, so only the
-language model's weights change.
+bare: experiments/miniature, session 15). With `template="both"`: each conversation in one of the two
+(`v1_share` of them in vicuna_v1); its held-out check asks in vicuna_v1, the format downstream. Loss on the
+answer and its `</s>` only. No image goes in, so only the language model's weights change.
 
 Check: held-out questions of every image kind but genre (`heldout`'s templates, stream `"{seed}:lm-heldout"`),
 captions in place of images, scored by exact match of every answer token under teacher forcing (what
@@ -70,7 +70,8 @@ def caption(scene: dict, grid: int = 0) -> str:
 
 
 def conversations(seed: int | str, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE,
-                  grid: int = 0, template: Template = "bare", v1_share: float = V1_SHARE) -> list[list[tuple[str, bool]]]:
+                  grid: int = 0, template: Template = "bare",
+                  v1_share: float = V1_SHARE) -> list[list[tuple[str, bool]]]:
     """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"` (`caption`): a
     lettered choice for `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`,
     else a GQA-style question; each in `template` (with "both", vicuna_v1 for `v1_share` of them)."""

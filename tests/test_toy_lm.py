@@ -249,13 +249,13 @@ def test_v1_steps_continue_the_same_model_in_vicuna_v1_on_a_fresh_stream(tmp_pat
 
     toy.ensure(ToyConfig())
     base = toy.model_dir(ToyConfig())
-    short = VicunaConfig(steps=20, heldout=0, logging_steps=5)
+    short = VicunaConfig(steps=20, heldout=0, logging_steps=5, warmup_steps=0)  # no warmup: the logged rates show each peak
     vicuna.run(short, {"model": base}, tmp_path / "a")
     stats = vicuna.run(short.model_copy(update={"v1_steps": 10, "v1_learning_rate": 3e-4}), {"model": base}, tmp_path / "b")
     a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in "ab")
     assert [r for r in b if r["phase"] == "vicuna"] == a and len(a) == 4
     then = [r for r in b if r["phase"] == "vicuna_v1"]
-    assert len(then) == 2 and max(r["learning_rate"] for r in then) <= 3e-4 < max(r["learning_rate"] for r in a)
+    assert len(then) == 2 and 1e-4 < max(r["learning_rate"] for r in then) <= 3e-4 < max(r["learning_rate"] for r in a)
     assert stats["counts"]["conversations"] == 30 * short.batch_size
     first, more = lm.conversations(0, 200), lm.conversations("0:v1", 200, template="vicuna_v1")
     assert all(c[0][0].startswith(SYSTEMS["vicuna_v1"]) for c in more)

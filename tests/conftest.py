@@ -65,7 +65,7 @@ def task_states(server, flow_run: str) -> dict[str, str]:
 # every pair ties); noise step 999 destroys the image, so ~14 of 36 pairs differ and survive the filter.
 SMALL_RUN = {"sample.subsets": {"ocr_vqa": {"images": 12, "questions_per_image": 2},
                                 "textvqa": {"images": 12, "questions_per_image": 1}},
-             "pretrain.steps": 200, "pretrain.logging_steps": 20, "pretrain.heldout": 8, "pretrain.gate_pope": 16, "pretrain.extra": {},
+             "pretrain.steps": 200, "pretrain.logging_steps": 20, "pretrain.heldout": 8, "pretrain.extra": {},
              "augment.noise_step": 999, "filter.mode": "seva", "train.max_steps": 2,
              "evaluate.benchmarks": ["pope", "mme", "sqa"]}
 

@@ -1,25 +1,43 @@
-"""The miniature's gates (`toy.gates`): POPE's counts and each gate's verdict on hand-computed cases."""
+"""The miniature's gates (`toy.gates`): POPE's scores and each gate's verdict on hand-computed cases."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from seva_tasks.toy import gates
 
 
-def test_pope_counts_yes_as_positive_and_reads_answers_by_popes_rule():
-    # 4 present, 4 absent. Answers: 3 of the present said yes, 1 absent said yes ("Yes, there is."),
-    # one present answered "There is no circle." (no), one absent "not sure" (no by POPE's rule).
+def _split(accuracy, precision, recall, f1, yes_ratio):
+    return dict(accuracy=accuracy, precision=precision, recall=recall, f1=f1, yes_ratio=yes_ratio)
+
+
+def test_pope_gates_are_the_mean_of_popes_splits_as_fractions():
+    # what benchmarks.pope.score reports (percent per split, plus its own means and counts the gates ignore)
+    per = {"random": _split(90, 85, 98, 91, 58), "popular": _split(88, 82, 98, 89, 60), "adversarial": _split(86, 79, 98, 87, 62)}
+    metrics = {f"{s}/{k}": v for s, m in per.items() for k, v in m.items()} | {"f1": 89.0, "missing": 0, "unmatched": 0}
+    assert gates.pope(metrics) == {"accuracy": 0.88, "precision": 0.82, "recall": 0.98, "f1": 0.89, "yes_ratio": 0.6}
+    only = {f"random/{k}": v for k, v in per["random"].items()}  # a POPE with one split: that split's numbers
+    assert gates.pope(only)["f1"] == 0.91
+
+
+def test_pope_gates_score_answers_by_popes_rule(tmp_path):
+    """End to end on POPE's files: answers read by POPE's rule ("Yes, there is." yes; "not sure" no), F1 per split."""
+    from seva_tasks.benchmarks import pope
+    from seva_tasks.benchmarks.common import Answer
+
     labels = ["yes", "yes", "yes", "yes", "no", "no", "no", "no"]
     answers = ["yes", "Yes", "yes.", "There is no circle.", "Yes, there is.", "no", "not sure", "No"]
-    m = gates.pope(answers, labels)
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "coco_pope_random.json").write_text(
+        "".join(json.dumps({"question_id": i + 1, "image": "a.jpg", "text": "q", "label": lab}) + "\n" for i, lab in enumerate(labels)))
+    (tmp_path / "llava_pope_test.jsonl").write_text(
+        "".join(json.dumps({"question_id": 10_000_001 + i, "image": "a.jpg", "text": "q", "category": "random"}) + "\n"
+                for i in range(8)))
+    m = gates.pope(pope.score(tmp_path, [Answer(10_000_001 + i, a) for i, a in enumerate(answers)]).metrics)
     # tp 3, fp 1, fn 1, tn 3: precision 0.75, recall 0.75, F1 0.75, accuracy 0.75, yes-ratio 4/8
     assert m == {"accuracy": 0.75, "precision": 0.75, "recall": 0.75, "f1": 0.75, "yes_ratio": 0.5}
-
-
-def test_always_yes_on_balanced_pope_gives_f1_two_thirds():
-    m = gates.pope(["yes"] * 10, ["yes"] * 5 + ["no"] * 5)
-    assert m["f1"] == pytest.approx(0.6667, abs=1e-4) and m["yes_ratio"] == 1.0 and m["recall"] == 1.0
 
 
 def test_judge_checks_each_bound_and_names_the_threshold():
@@ -34,6 +52,6 @@ def test_judge_checks_each_bound_and_names_the_threshold():
     assert gates.judge({**values, "pope_yes_ratio": 0.5})["pope_yes_ratio"]["passed"] is False  # below the band
 
 
-def test_pope_rejects_mismatched_lengths():
-    with pytest.raises(ValueError, match="one answer per label"):
-        gates.pope(["yes"], ["yes", "no"])
+def test_pope_gates_need_a_split():
+    with pytest.raises(ValueError, match="without a split"):
+        gates.pope({"f1": 80.0})

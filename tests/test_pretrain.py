@@ -68,6 +68,26 @@ def test_pretrain_key_follows_config_and_base_model(built, tmp_path):
     assert manifest["model"]["path"] == str(toy.model_dir(ToyConfig()))
 
 
+def test_the_gates_pope_is_an_input_by_content_and_a_missing_one_is_named(built, tmp_path):
+    """The POPE gates ask the world's POPE files: an edited label rekeys the stage, a missing file fails up front."""
+    from seva_tasks.base import resolve
+    from seva_tasks.errors import InputError
+
+    cfg, _ = built
+    pope = tmp_path / "pope"
+    shutil.copytree(resolve(PretrainConfig().pope), pope)
+    gated = _config(cfg.data_dir, **{**FAST, "heldout": 8, "pope": pope})
+    key = pipeline.key_for(gated, "pretrain", {})
+    assert key != pipeline.key_for(_config(cfg.data_dir, **{**FAST, "heldout": 8, "pope": None}), "pretrain", {})
+    labels = pope / "coco" / "coco_pope_random.json"
+    labels.write_text(labels.read_text().replace('"label": "yes"', '"label": "no"', 1))
+    assert pipeline.key_for(gated, "pretrain", {}) != key
+    (pope / "llava_pope_test.jsonl").unlink()
+    with pytest.raises(InputError, match=r"POPE not found: .*pope/llava_pope_test\.jsonl"):
+        pretrain.run(gated.pretrain, {"model": toy.model_dir(ToyConfig())}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything was trained or written
+
+
 def test_pretrain_publishes_a_full_model_dir_with_vllm_names(built):
     from safetensors import safe_open
 

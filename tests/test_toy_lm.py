@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from seva_tasks import pipeline, toy
+from seva_tasks.base import resolve
 from seva_tasks.config import PipelineConfig
 from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, SYSTEMS
 from seva_tasks.stages.pretrain import PretrainConfig
@@ -102,6 +103,30 @@ def test_both_formats_mixes_bare_and_vicuna_v1_conversations_and_checks_in_vicun
     assert VicunaConfig(conv_template="both", v1_share=0.25).v1_share == 0.25
 
 
+def test_turns_add_the_mixs_further_rounds_to_the_same_conversations():
+    """turns: a GQA-style conversation keeps its first round (same scene, same draws) and adds the mix's further
+    questions about that caption, each answer in the loss and true of the caption; lettered ones stay one round."""
+    one, four = lm.conversations(2, 300, grid=4), lm.conversations(2, 300, grid=4, turns=4)
+    assert all(m[:len(o)] == o for o, m in zip(one, four))
+    rounds = [sum(in_loss for _, in_loss in c) for c in four]
+    assert max(rounds) == 4 and all(r == 1 for r, c in zip(rounds, four) if "\nA. " in c[0][0])
+    assert 2.0 < sum(rounds) / len(rounds) < 3.0  # half the conversations are lettered (one round)
+    colours = 0
+    for c in four:
+        caption = c[0][0].removeprefix("USER: ").split("\n", 1)[0].split()
+        for (question, _), (answer, in_loss) in zip(c[2::2], c[3::2]):
+            assert question.startswith("USER: ") and question.endswith(" ASSISTANT:") and in_loss
+            if m := re.match(r"USER: What color is the (\w+)\?", question):
+                assert caption[caption.index(m.group(1)) + 1] == answer.removesuffix(SEP2).strip()
+                colours += 1
+    assert colours > 20
+    v1 = lm.conversations(2, 50, grid=4, turns=3, template="vicuna_v1", choice_share=0, lookup_share=0)
+    assert all(q.endswith(f"\n{SHORT_ANSWER} ASSISTANT:") for c in v1 for q, in_loss in c if not in_loss)
+    assert VicunaConfig(turns=4).turns == 4
+    with pytest.raises(ValueError):
+        VicunaConfig(turns=5)
+
+
 def test_heldout_items_are_fresh_and_caption_based():
     items = lm.heldout(0, 70)
     assert {it["kind"] for it in items} == set(lm.KINDS) and "genre" not in lm.KINDS
@@ -144,7 +169,7 @@ def stages(tmp_path_factory):
                          vicuna=VicunaConfig(steps=150, heldout=35, logging_steps=5),
                          tower=TowerConfig(steps=20, heldout=64, logging_steps=5),
                          pretrain=PretrainConfig(freeze_tower=True, steps=10, extra={"gqa": 64}, heldout=35,
-                                                 gate_pope=40, logging_steps=5))
+                                                 logging_steps=5))
     refs = {"vicuna": pipeline.run_stage(cfg, "vicuna", {})}
     refs["tower"] = pipeline.run_stage(cfg, "tower", refs)
     refs["pretrain"] = pipeline.run_stage(cfg, "pretrain", refs)
@@ -211,11 +236,12 @@ def test_a_pretrain_change_keeps_vicuna_and_a_vicuna_change_reaches_pretrain(sta
 
 def test_gates_are_measured_and_judged_in_the_manifest(stages):
     """Every gate is written with its value, threshold and verdict, from the measurements beside it."""
-    _, refs = stages
+    cfg, refs = stages
     stats = _stats(refs["pretrain"])
     g, held, pope = stats["gates"], stats["heldout"], stats["pope"]
     assert set(g) == set(gates.THRESHOLDS) and all(set(v) == {"value", "threshold", "passed"} for v in g.values())
-    assert pope["questions"] == 40 and pope["noise_step"] == 500
+    world_pope = (resolve(cfg.pretrain.pope) / "llava_pope_test.jsonl").read_text().splitlines()
+    assert pope["questions"] == len(world_pope) > 100 and pope["noise_step"] == 500  # the world's POPE, every question
     assert g["pope_f1"]["value"] == pope["clean"]["f1"] and g["pope_yes_ratio"]["value"] == pope["clean"]["yes_ratio"]
     assert g["noise_drop"]["value"] == pytest.approx(held["accuracy"]["all"] - held["noised"]["all"], abs=1e-4)
     assert g["noise_yes_shift"]["value"] == pytest.approx(pope["noised"]["yes_ratio"] - pope["clean"]["yes_ratio"], abs=1e-4)

@@ -44,6 +44,7 @@ def main(name: str, args: list[str]) -> None:
                          tower=TowerConfig.model_validate(tower) if tower else None,
                          pretrain=PretrainConfig.model_validate({
                              "annotations": str(toy.mix_path(toy_cfg)), "image_root": str(toy.images_dir(toy_cfg)),
+                             "pope": str(toy.mix_path(toy_cfg).parent / "eval" / "pope"),
                              **_section(overrides, "pretrain")}))
     refs: dict[str, dict] = {}
     for stage in pipeline.stages_until(cfg, overrides.get("until", "pretrain")):

@@ -31,8 +31,9 @@ After training it asks `heldout` questions (the mix's templates on scenes from a
 `"{seed}:pretrain-heldout"`) with greedy decoding and records accuracy per question kind in the
 manifest, next to the bar a blind model can reach: always giving the kind's commonest true answer.
 Then the gates (`toy.gates`): the same questions on images noised at `noise_step` as SeVa's rejected
-side is (the drop), and `gate_pope` POPE-form questions, clean and noised (F1 and yes-ratio), each
-gate written as {value, threshold, passed}; `experiment` refuses a base model that fails one.
+side is (the drop), and the world's POPE benchmark (`pope`), clean and noised, scored by POPE's own rule
+(F1 and yes-ratio, each the mean of its three splits as POPE reports them), each gate written as
+{value, threshold, passed}; `experiment` refuses a base model that fails one.
 
 Output: `out_dir/model/`, a full model directory (the base's config, processor, tokenizer and chat
 template, copied; float32 `model.safetensors` with llava-hf names, which transformers and vLLM 0.32
@@ -52,6 +53,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from seva_tasks.base import resolve
+from seva_tasks.benchmarks import pope as pope_bench
+from seva_tasks.benchmarks.common import Answer
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
@@ -82,7 +85,7 @@ class PretrainConfig(fit.FitConfig):
     max_length: int = Field(512, ge=32, description="Conversations longer than this many tokens (image tokens included) are dropped and counted.")
     seed: int = Field(0, description="Seeds the extra scenes, data order and the held-out questions' scenes.")
     heldout: int = Field(640, ge=0, description="Held-out questions asked after training (split evenly over the 8 question types: 80 each, SE <= 0.06 a kind); 0: skip.")
-    gate_pope: int = Field(300, ge=0, description="Held-out POPE-form questions (half about a present shape) for the gates; 0 (or heldout 0): no gates.")
+    pope: Path | None = Field(Path("data/toy/eval/pope"), description="The world's POPE benchmark (LLaVA's layout, `<toy.root>/eval/pope`) whose questions, clean and noised, give the POPE gates: LLaVA-1.5's F1 ≈ 86 is POPE's three-split mean, so the gate asks the same questions and scores them by the same rule. None (or heldout 0): no gates.")
     noise_step: int = Field(500, ge=1, le=999, description="Diffusion step of the gates' noised check: keep it at augment.noise_step.")
     freeze_tower: bool = Field(False, description="Keep the vision tower frozen during instruction tuning, as LLaVA-1.5 keeps CLIP: the `tower` stage's, whose output is this stage's input.")
     freeze_projector: bool = Field(False, description="With freeze_tower: keep the projector the `tower` stage aligned (tower.align) frozen too, so the image tokens keep pointing at the words (w/o: 'which side' falls to chance, experiments/miniature y7 vs y10).")
@@ -118,7 +121,8 @@ class PretrainConfig(fit.FitConfig):
 
 def fingerprint(cfg: PretrainConfig) -> dict:
     """Content of the mix and its images (the base model is an input; the toy templates are code)."""
-    return {"annotations": fingerprint_path(resolve(cfg.annotations)), "images": fingerprint_path(resolve(cfg.image_root))}
+    out = {"annotations": fingerprint_path(resolve(cfg.annotations)), "images": fingerprint_path(resolve(cfg.image_root))}
+    return out | ({"pope": fingerprint_path(resolve(cfg.pope))} if cfg.pope and cfg.heldout else {})
 
 
 def _check_inputs(cfg: PretrainConfig, base: Path) -> None:
@@ -126,6 +130,9 @@ def _check_inputs(cfg: PretrainConfig, base: Path) -> None:
     if not resolve(cfg.annotations).is_file():
         errors.append(f"Mix not found: {resolve(cfg.annotations)}. Build the toy world (python -m seva_tasks.toy) "
                       "or set pretrain.annotations=data/toy/llava_v1_5_mix665k.json.")
+    if cfg.pope and cfg.heldout and not (resolve(cfg.pope) / "llava_pope_test.jsonl").is_file():
+        errors.append(f"POPE not found: {resolve(cfg.pope) / 'llava_pope_test.jsonl'} (the gates ask it). Build the toy "
+                      "world, point pretrain.pope at its eval/pope, or set pretrain.pope=null to skip the gates.")
     if errors:
         raise InputError("\n".join(errors))
 
@@ -213,13 +220,18 @@ def _examples(cfg: PretrainConfig, processor, config) -> tuple[list[dict], dict]
 
 
 def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict) -> dict:
-    """The gates' measurements: `items` again on noised images, and POPE-form questions clean and noised."""
+    """The gates' measurements: `items` again on noised images, and the world's POPE clean and noised."""
     noised = accuracy(model, processor, items, ask(model, processor, items, noise_step=cfg.noise_step, seed=cfg.seed))
-    pope_items = heldout(cfg.seed, cfg.gate_pope, kinds=("pope",), stream="pretrain-gates")
-    labels = [it["answer"] for it in pope_items]
-    pope = {"clean": gates.pope(ask(model, processor, pope_items), labels),
-            "noised": gates.pope(ask(model, processor, pope_items, noise_step=cfg.noise_step, seed=cfg.seed), labels),
-            "questions": len(pope_items), "noise_step": cfg.noise_step}
+    root = resolve(cfg.pope)
+    questions = pope_bench.load(root)
+    pope_items = [{"question": q.text, "image": q.image} for q in questions]
+
+    def scored(answers: list[str]) -> dict:
+        return gates.pope(pope_bench.score(root, [Answer(q.question_id, a) for q, a in zip(questions, answers)]).metrics)
+
+    pope = {"clean": scored(ask(model, processor, pope_items)),
+            "noised": scored(ask(model, processor, pope_items, noise_step=cfg.noise_step, seed=cfg.seed)),
+            "questions": len(questions), "noise_step": cfg.noise_step}
     values = {"heldout_all": held["all"], "heldout_shape": held.get("shape", 0.0), "pope_yes_ratio": pope["clean"]["yes_ratio"],
               "pope_f1": pope["clean"]["f1"], "noise_drop": held["all"] - noised["all"],
               "noise_yes_shift": pope["noised"]["yes_ratio"] - pope["clean"]["yes_ratio"]}
@@ -253,7 +265,7 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         items = heldout(cfg.seed, cfg.heldout)
         model, processor = load(out_dir / "model") if items else (None, None)
         held = accuracy(model, processor, items) if items else {}
-        gated = _gates(cfg, model, processor, items, held) if items and cfg.gate_pope else {}
+        gated = _gates(cfg, model, processor, items, held) if items and cfg.pope else {}
     final = [s["loss"] for s in fit.metrics(out_dir, history)]
     log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
     return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None,

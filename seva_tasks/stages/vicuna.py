@@ -46,6 +46,7 @@ class VicunaConfig(fit.FitConfig):
     v1_share: float = Field(lm.V1_SHARE, ge=0, le=1, description="With conv_template 'both': the share of conversations in vicuna_v1, the rest bare.")
     v1_steps: int = Field(0, ge=0, description="Then this many more steps in vicuna_v1 alone (a fresh stream of the same mix), as Vicuna was tuned to a chat format after its pretraining: the circuits the first phase formed, then the format the image model is asked in; the held-out check then asks in vicuna_v1.")
     v1_learning_rate: float | None = Field(None, gt=0, description="Peak learning rate of the v1_steps (None: learning_rate).")
+    turns: int = Field(1, ge=1, le=4, description="Rounds per GQA-style conversation (up to the mix's 4 questions about its scene, as LLaVA's rows and ShareGPT's are multi-turn): more answers per step; lettered ones stay one round.")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
 
     @model_validator(mode="after")
@@ -75,12 +76,12 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         grid = vision.image_size // vision.patch_size if cfg.grid_caption else 0
         examples = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
                                choice_share=cfg.choice_share, lookup_share=cfg.lookup_share, grid=grid,
-                               template=cfg.conv_template, v1_share=cfg.v1_share)
+                               template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)
         log.info("Toy Vicuna: %d steps on %d text conversations.", cfg.steps, len(examples))
         history = fit.fit(cfg, model.train(), examples, processor, out_dir, phase="vicuna", desc="vicuna")
         if cfg.v1_steps:
             more = lm.examples(tok, f"{cfg.seed}:v1", cfg.v1_steps * cfg.batch_size, choice_share=cfg.choice_share,
-                               lookup_share=cfg.lookup_share, grid=grid, template="vicuna_v1")
+                               lookup_share=cfg.lookup_share, grid=grid, template="vicuna_v1", turns=cfg.turns)
             then = cfg.model_copy(update={"steps": cfg.v1_steps, "learning_rate": cfg.v1_learning_rate or cfg.learning_rate})
             history += fit.fit(then, model, more, processor, out_dir, phase="vicuna_v1", desc="vicuna (vicuna_v1)")
             examples += more

@@ -3,8 +3,8 @@
 Real LLaVA-1.5 sees (held-out accuracy high), leans mildly to "yes" on POPE (F1 ≈ 86), and loses fine
 detail at SeVa's noise step. A toy base model must have the same three properties, or the experiment
 measures nothing (issue 13, experiments/miniature/README.md). The pretrain stage measures these on
-held-out scenes and writes them to its manifest's `gates`; `experiment.check_gates` refuses a base that
-fails one, by name. The issue's five, and `noise_yes_shift`: the third property's direction, which the
+held-out scenes and on the world's clean toy POPE (the benchmark LLaVA's 86 is quoted on) and writes them to
+its manifest's `gates`; `experiment.check_gates` refuses a base that fails one, by name. The issue's five, and `noise_yes_shift`: the third property's direction, which the
 first miniature lacked (noise made its answers miss objects, not imagine them).
 """
 
@@ -26,12 +26,14 @@ THRESHOLDS: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-def pope(answers: list[str], labels: list[str]) -> dict[str, float]:
-    """POPE's metrics as fractions, the answers read by POPE's own rule (`pope.yes_no`)."""
-    if len(answers) != len(labels) or not labels:
-        raise ValueError(f"POPE needs one answer per label; got {len(answers)} answers for {len(labels)} labels.")
-    m = pope_bench.split_metrics([pope_bench.yes_no(a) for a in answers], labels)
-    return {k: round(v / 100, 4) for k, v in m.items()}
+def pope(metrics: dict[str, float]) -> dict[str, float]:
+    """POPE's scores as the gates read them: each of accuracy, precision, recall, F1 and yes-ratio the mean of its
+    splits (as POPE reports F1), as a fraction; from `benchmarks.pope.score`'s metrics (percentages per split)."""
+    splits = [s for s in pope_bench.SPLITS if f"{s}/f1" in metrics]
+    if not splits:
+        raise ValueError(f"POPE metrics without a split's F1: {sorted(metrics)}")
+    return {k: round(sum(metrics[f"{s}/{k}"] for s in splits) / len(splits) / 100, 4)
+            for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")}
 
 
 def _threshold(lo: float | None, hi: float | None) -> str:

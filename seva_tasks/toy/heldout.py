@@ -88,10 +88,18 @@ def load(model_dir: Path):
     return LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True).eval(), proc
 
 
+def _image(item: dict):
+    """An item's image: its scene rendered, or its `image` file (a benchmark's, opened as the engines open it)."""
+    from seva_tasks.llava.images import load_rgb
+
+    return render(item["scene"]) if "scene" in item else load_rgb(item["image"])
+
+
 def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8, noise_step: int = 0,
         seed: int = 0, template=prompt) -> list[str]:
     """Greedy transformers answers to held-out items (images padded to square as the engines do), each question
-    put in `template` (the conversation format; default the pipeline's).
+    put in `template` (the conversation format; default the pipeline's). An item's image is its `scene` rendered
+    or its `image` file.
 
     With `noise_step`, each image is noised as the generate stage noises SeVa's rejected side (exact
     mode: diffusion noise on the processor's normalized tensor), item i from `row_seed(seed, "heldout-i")`.
@@ -108,7 +116,7 @@ def ask(model, proc, items: list[dict], batch: int = 32, max_new_tokens: int = 8
     answers = []
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
-        images = [expand2square(render(it["scene"]), fill).resize((size, size), Image.BICUBIC) for it in chunk]
+        images = [expand2square(_image(it), fill).resize((size, size), Image.BICUBIC) for it in chunk]
         enc = proc(images=images, text=[template(it["question"]) for it in chunk], padding=True, return_tensors="pt")
         if noise_step:
             seeds = [row_seed(seed, f"heldout-{i + j}") for j in range(len(chunk))]

@@ -43,15 +43,19 @@ Template = Literal["bare", "vicuna_v1", "both"]
 V1_SHARE = 0.5  # with template "both": the share of conversations in vicuna_v1, the rest bare
 
 
-def segments(caption: str, question: str, answer: str, template: Template = "bare") -> list[tuple[str, bool]]:
+def segments(caption: str, question: str, answer: str, template: Template = "bare",
+             more: list[tuple[str, str]] | tuple = ()) -> list[tuple[str, bool]]:
     """One conversation as (text, in_loss) pieces, for `prompts.encode`: bare, or in `template` (LLaVA's
-    `preprocess_v1`, the caption where `<image>` would be) with the short-answer suffix of a GQA-style question."""
-    question = question.removesuffix(f"\n{SHORT_ANSWER}")
+    `preprocess_v1`, the caption where `<image>` would be) with the short-answer suffix of a GQA-style question.
+    `more`: further (question, answer) rounds about the same caption, each `USER: {q} ASSISTANT: {a}</s>`."""
+    turns = [(q.removesuffix(f"\n{SHORT_ANSWER}"), a) for q, a in [(question, answer), *more]]
     if template == "bare":
-        return [(f"USER: {caption}\n{question} ASSISTANT:", False), (f" {answer}{SEP2}", True)]
-    if "\nA. " not in question:
-        question = f"{question}\n{SHORT_ANSWER}"  # as the mix asks GQA's questions (a lettered one has its own)
-    return conversation([(f"{caption}\n{question}", answer)], template, image=False)
+        return [piece for i, (q, a) in enumerate(turns)
+                for piece in ((f"USER: {caption}\n{q} ASSISTANT:" if i == 0 else f"USER: {q} ASSISTANT:", False),
+                              (f" {a}{SEP2}", True))]
+    # as the mix asks GQA's questions (a lettered one has its own instruction)
+    turns = [(q if "\nA. " in q else f"{q}\n{SHORT_ANSWER}", a) for q, a in turns]
+    return conversation([(f"{caption}\n{turns[0][0]}", turns[0][1]), *turns[1:]], template, image=False)
 
 
 def lookup_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
@@ -70,11 +74,12 @@ def caption(scene: dict, grid: int = 0) -> str:
 
 
 def conversations(seed: int | str, n: int, choice_share: float = CHOICE_SHARE, lookup_share: float = LOOKUP_SHARE,
-                  grid: int = 0, template: Template = "bare",
-                  v1_share: float = V1_SHARE) -> list[list[tuple[str, bool]]]:
-    """`n` training conversations, one question each, each about a fresh scene from `"{seed}:lm"` (`caption`): a
-    lettered choice for `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`,
-    else a GQA-style question; each in `template` (with "both", vicuna_v1 for `v1_share` of them)."""
+                  grid: int = 0, template: Template = "bare", v1_share: float = V1_SHARE,
+                  turns: int = 1) -> list[list[tuple[str, bool]]]:
+    """`n` training conversations, each about a fresh scene from `"{seed}:lm"` (`caption`): a lettered choice for
+    `choice_share` of them, a lettered lookup (`lookup_qas`) for `lookup_share`, else GQA-style questions, up to
+    `turns` rounds of them (the mix's own, as its rows are multi-turn); each in `template` (with "both",
+    vicuna_v1 for `v1_share` of them). More turns draw nothing more: each conversation's first round stays."""
     rng = random.Random(f"{seed}:lm")
     out: list[list[tuple[str, bool]]] = []
     while len(out) < n:
@@ -87,7 +92,8 @@ def conversations(seed: int | str, n: int, choice_share: float = CHOICE_SHARE, l
         else:
             qas = mix.QAS["gqa"](rng, scene)
         form = template if template != "both" else "vicuna_v1" if rng.random() < v1_share else "bare"
-        out.append(segments(caption(scene, grid), *qas[0], form))  # the mix shuffles its questions: the first is random
+        # the mix shuffles its questions: the first is random
+        out.append(segments(caption(scene, grid), *qas[0], form, more=qas[1:turns]))
     return out
 
 

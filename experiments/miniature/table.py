@@ -4,6 +4,8 @@
 
     python experiments/miniature/table.py --sweep experiments/miniature-sweep
 
+    python experiments/miniature/table.py --popegate pg-v1     # a popegate.py record: the POPE gate's two sets
+
 Columns: clean all / shape / colour / exists / side / choice / genre | POPE yes / F1 | noised POPE yes / F1 |
 noised all (drop) | tower shape | gates passed | minutes.
 A `bind.py` run (text only) gives one row per evaluation instead: step | all / shape / colour / count / side /
@@ -84,9 +86,30 @@ def sweep(out: Path) -> str:
     return "\n".join(lines)
 
 
+def popegate(name: str) -> str:
+    """A `popegate.py` record: per base, the old held-out set's POPE and the world's, with its errors by scene kind."""
+    def wrong(counts: dict, label: str) -> str:
+        return f"{counts[label][1]}/{sum(counts[label])}"
+
+    def f1(counts: dict) -> float:  # pooled over the splits: 2 TP / (2 TP + FP + FN)
+        tp, fn, fp = counts["yes"][0], counts["yes"][1], counts["no"][1]
+        return 2 * tp / (2 * tp + fp + fn)
+
+    lines = ["| base (seed) | held-out set: yes / F1 | world's POPE: yes / precision / recall / F1 | shape scenes: absent "
+             "said yes / present missed (F1) | sign scenes: absent said yes / present missed |", "|---|---|---|---|---|"]
+    for d, m in json.loads((RUNS / f"{name}.json").read_text()).items():
+        h, b, k = m["heldout_set"], m["benchmark"], m["by_kind"]
+        lines.append(f"| {Path(d).parent.name}/{Path(d).name[:6]} ({m['seed']}) | {h['yes_ratio']:.2f} / {h['f1']:.3f} | "
+                     f"{b['yes_ratio']:.3f} / {b['precision']:.3f} / {b['recall']:.3f} / {b['f1']:.4f} | "
+                     f"{wrong(k['shapes'], 'no')} / {wrong(k['shapes'], 'yes')} ({f1(k['shapes']):.3f}) | {wrong(k['sign'], 'no')} / {wrong(k['sign'], 'yes')} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["--sweep"]:
         print(sweep(Path(args[1])))
+    elif args[:1] == ["--popegate"]:
+        print(popegate(args[1]))
     else:
         print("\n".join(row(n, c) for n, c in zip(args[::2], args[1::2])))

@@ -19,7 +19,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from seva_tasks.benchmarks import pope as pope_bench  # noqa: E402
-from seva_tasks.benchmarks.common import Answer  # noqa: E402
 from seva_tasks.toy import gates  # noqa: E402
 from seva_tasks.toy.heldout import ask, heldout, load  # noqa: E402
 
@@ -33,10 +32,8 @@ def measure(pretrain_dir: Path, shapes: int) -> dict:
     old = heldout(seed, 300, kinds=("pope",), stream="pretrain-gates")  # the stage's set until session 16
     labels = [it["answer"] for it in old]
     split = pope_bench.split_metrics([pope_bench.yes_no(a) for a in ask(model, proc, old)], labels)
-    questions = pope_bench.load(root)
-    answers = ask(model, proc, [{"question": q.text, "image": q.image} for q in questions])
-    scored = pope_bench.score(root, [Answer(q.question_id, a) for q, a in zip(questions, answers)])
-    image = {str(q.question_id): q.image for q in questions}
+    scored = gates.ask_pope(model, proc, root)
+    image = {str(q.question_id): q.image for q in pope_bench.load(root)}
     by_kind: dict[str, dict[str, list[int]]] = {}
     for r in scored.rows:
         index = int(Path(image[r["question_id"]]).stem.rsplit("_", 1)[1]) - 1

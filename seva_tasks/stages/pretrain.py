@@ -53,8 +53,6 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from seva_tasks.base import resolve
-from seva_tasks.benchmarks import pope as pope_bench
-from seva_tasks.benchmarks.common import Answer
 from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
@@ -222,16 +220,10 @@ def _examples(cfg: PretrainConfig, processor, config) -> tuple[list[dict], dict]
 def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict) -> dict:
     """The gates' measurements: `items` again on noised images, and the world's POPE clean and noised."""
     noised = accuracy(model, processor, items, ask(model, processor, items, noise_step=cfg.noise_step, seed=cfg.seed))
-    root = resolve(cfg.pope)
-    questions = pope_bench.load(root)
-    pope_items = [{"question": q.text, "image": q.image} for q in questions]
-
-    def scored(answers: list[str]) -> dict:
-        return gates.pope(pope_bench.score(root, [Answer(q.question_id, a) for q, a in zip(questions, answers)]).metrics)
-
-    pope = {"clean": scored(ask(model, processor, pope_items)),
-            "noised": scored(ask(model, processor, pope_items, noise_step=cfg.noise_step, seed=cfg.seed)),
-            "questions": len(questions), "noise_step": cfg.noise_step}
+    clean = gates.ask_pope(model, processor, resolve(cfg.pope))
+    noised_pope = gates.ask_pope(model, processor, resolve(cfg.pope), cfg.noise_step, cfg.seed)
+    pope = {"clean": gates.pope(clean.metrics), "noised": gates.pope(noised_pope.metrics), "questions": len(clean.rows),
+            "noise_step": cfg.noise_step}
     values = {"heldout_all": held["all"], "heldout_shape": held.get("shape", 0.0), "pope_yes_ratio": pope["clean"]["yes_ratio"],
               "pope_f1": pope["clean"]["f1"], "noise_drop": held["all"] - noised["all"],
               "noise_yes_shift": pope["noised"]["yes_ratio"] - pope["clean"]["yes_ratio"]}

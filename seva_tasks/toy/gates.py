@@ -3,14 +3,19 @@
 Real LLaVA-1.5 sees (held-out accuracy high), leans mildly to "yes" on POPE (F1 ≈ 86), and loses fine
 detail at SeVa's noise step. A toy base model must have the same three properties, or the experiment
 measures nothing (issue 13, experiments/miniature/README.md). The pretrain stage measures these on
-held-out scenes and on the world's clean toy POPE (the benchmark LLaVA's 86 is quoted on) and writes them to
-its manifest's `gates`; `experiment.check_gates` refuses a base that fails one, by name. The issue's five, and `noise_yes_shift`: the third property's direction, which the
-first miniature lacked (noise made its answers miss objects, not imagine them).
+held-out scenes and on the world's clean toy POPE (the benchmark LLaVA's 86 is quoted on) and writes them
+to its manifest's `gates`; `experiment.check_gates` refuses a base that fails one, by name. The issue's five,
+and `noise_yes_shift`: the third property's direction, which the first miniature lacked (noise made its
+answers miss objects, not imagine them).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from seva_tasks.benchmarks import pope as pope_bench
+from seva_tasks.benchmarks.common import Answer, Scored
+from seva_tasks.toy.heldout import ask
 
 # name: (lowest, highest) allowed value; None leaves that side open.
 THRESHOLDS: dict[str, tuple[float | None, float | None]] = {
@@ -34,6 +39,14 @@ def pope(metrics: dict[str, float]) -> dict[str, float]:
         raise ValueError(f"POPE metrics without a split's F1: {sorted(metrics)}")
     return {k: round(sum(metrics[f"{s}/{k}"] for s in splits) / len(splits) / 100, 4)
             for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")}
+
+
+def ask_pope(model, proc, root: Path, noise_step: int = 0, seed: int = 0) -> Scored:
+    """The POPE benchmark under `root` answered by `model` (`heldout.ask`; with `noise_step`, on images noised as
+    SeVa's rejected side) and scored by POPE's own rule."""
+    questions = pope_bench.load(root)
+    answers = ask(model, proc, [{"question": q.text, "image": q.image} for q in questions], noise_step=noise_step, seed=seed)
+    return pope_bench.score(root, [Answer(q.question_id, a) for q, a in zip(questions, answers)])
 
 
 def _threshold(lo: float | None, hi: float | None) -> str:

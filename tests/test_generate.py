@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,20 @@ def _assert_resumed(augmented: Path, out: Path, reference: Path) -> None:
     assert stats["shards_reused"] >= 2 and stats["shards_run"] == SHARDS - stats["shards_reused"] >= 1
     assert (out / OUTPUT).read_bytes() == (reference / OUTPUT).read_bytes()
     assert not (out / WORK).exists()
+
+
+def test_output_names_the_model_by_content_not_by_place(augmented, uninterrupted, tmp_path):
+    """The key counts the model by content, so a copy of it elsewhere must publish the same bytes."""
+    import polars as pl
+
+    from seva_tasks.fingerprint import fingerprint
+
+    out, _ = uninterrupted
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(MODEL, moved)
+    run(_cfg(), {"augment": augmented, "model": moved}, tmp_path / "out")
+    assert (tmp_path / "out" / OUTPUT).read_bytes() == (out / OUTPUT).read_bytes()
+    assert set(pl.read_parquet(out / OUTPUT)["model"]) == {fingerprint(MODEL)}
 
 
 def test_generate_writes_both_answers_per_row(uninterrupted):

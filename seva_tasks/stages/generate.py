@@ -17,6 +17,9 @@ output is byte-identical to an uninterrupted run. `_shards/` is removed once the
 
 Output columns: the augmented row's columns, prompt, chosen, rejected, {chosen,rejected}_finish
 ("stop" | "length"), _truncated, _tokens, _token_ids, prompt_tokens, engine, model, conv_template.
+`model` is the model's content fingerprint (the manifest's `model.fingerprint`; its path is in the manifest):
+the stage's key counts the model by content, so its output may not depend on where the model lies (a store
+built cold and one built over time would otherwise hold different bytes under one key).
 Rows whose either side failed (prompt too long, image unreadable, engine rejected) are in
 `unanswered.parquet` (id, side, reason, detail) and counted in the manifest, never given an empty answer.
 """
@@ -36,6 +39,7 @@ from seva_tasks.base import StageConfig, resolve
 from seva_tasks.engines import EngineConfig
 from seva_tasks.errors import InputError
 from seva_tasks.family import check_template
+from seva_tasks.fingerprint import fingerprint
 from seva_tasks.llava.prompts import Template
 
 OUTPUT = GENERATIONS
@@ -106,7 +110,7 @@ def _assemble(df, jobs: list[dict], cfg: GenerateConfig, model: Path):
             *([pl.col("prompt_tokens")] if first else []))
         out = out.join(part, on="id", how="left", maintain_order="left")
         first = False
-    return out.with_columns(engine=pl.lit(cfg.engine.kind), model=pl.lit(str(model)), conv_template=pl.lit(cfg.conv_template)), dropped
+    return out.with_columns(engine=pl.lit(cfg.engine.kind), model=pl.lit(fingerprint(model)), conv_template=pl.lit(cfg.conv_template)), dropped
 
 
 def _shard_stats(jobs: list[dict]) -> tuple[list[dict], dict]:

@@ -1,4 +1,4 @@
-"""seva's performance harness: P1–P9, each measured beside its anchor in the same run.
+"""seva's performance harness: P1–P10, each measured beside its anchor in the same run.
 
     make bench                                  # = .venv/bin/python bench/run.py (full, ~2 h on 2 busy cores)
     .venv/bin/python bench/run.py --quick       # tiny inputs, 1 run, no P5 (CI: tests/test_bench.py)
@@ -20,6 +20,7 @@ checked, never asserted: a missed target is reported with its margin (see bench/
 | P7 | DPO batches: `PreferenceCollator` (LLaVA's preprocess_v1, tokenized whole) | TRL's vision collator | ≥0.5× pairs/s |
 | P8 | generation through the Ray backend (one-node Ray, one actor) | the local backend (one worker process), same shards | ≤1.5× wall time |
 | P9 | POPE answers + AUROC of p(yes), log-probabilities kept by the engine | the same answers, then a transformers pass for p(yes) | ≤0.75× wall time |
+| P10 | the miniature's `vicuna` and `tower` stages on 2 torch threads | the same stages on 1 | ≤0.75× wall time |
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import BENCH, PY, ROOT, env_for, measured, row, summary  # noqa: E402
 
-IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
+IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -196,6 +197,13 @@ def p9(work: Path, quick: bool, runs: int) -> list[dict]:
     return pope_auroc.bench(work / "p9", quick, runs)
 
 
+# ---------------------------------------------------------------------------------------- P10
+def p10(work: Path, quick: bool, runs: int) -> list[dict]:
+    import toy_threads
+
+    return toy_threads.bench(work / "p10", quick, runs)
+
+
 # ---------------------------------------------------------------------------------------- report
 def machine() -> dict:
     """What the numbers were measured on."""
@@ -254,7 +262,7 @@ def write_readme(readme: Path, results: dict) -> None:
     readme.write_text(pre + block + post)
 
 
-BENCHES = {"P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6, "P7": p7, "P8": p8, "P9": p9}
+BENCHES = {"P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6, "P7": p7, "P8": p8, "P9": p9, "P10": p10}
 
 
 def main(argv: list[str] | None = None) -> int:

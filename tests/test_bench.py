@@ -14,7 +14,7 @@ import pytest
 from seva_tasks.config import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-IDS = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9"}
+IDS = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10"}
 
 
 def test_bench_quick_writes_results_for_every_id(tmp_path):

@@ -40,6 +40,16 @@ def test_no_stage_imports_another_stage():
                                for s in stages), f"{path.name} imports {name}"
 
 
+def test_every_stage_hook_takes_its_config():
+    """`fingerprint` in a stage module is its hook (`Stage.external` calls it with the stage config): an imported
+    helper of that name is called as one (generate once imported seva_tasks.fingerprint's under it)."""
+    for preset in ("toy", "toy-miniature"):
+        cfg = load_config(preset, {})
+        for stage in pipeline.STAGES.values():
+            if (section := stage.config(cfg)) is not None:
+                assert isinstance(stage.external(section), (dict, type(None))), stage.name
+
+
 def test_modules_stay_small():
     big = {p.relative_to(ROOT).as_posix(): n for d in ("seva_tasks", "flows") for p in (ROOT / d).rglob("*.py")
            if (n := len(p.read_text().splitlines())) > 400}

@@ -39,7 +39,7 @@ from seva_tasks.base import StageConfig, resolve
 from seva_tasks.engines import EngineConfig
 from seva_tasks.errors import InputError
 from seva_tasks.family import check_template
-from seva_tasks.fingerprint import fingerprint
+from seva_tasks.fingerprint import fingerprint as fingerprint_path  # not `fingerprint`: that name is the stage hook (pipeline.Stage)
 from seva_tasks.llava.prompts import Template
 
 OUTPUT = GENERATIONS
@@ -110,7 +110,7 @@ def _assemble(df, jobs: list[dict], cfg: GenerateConfig, model: Path):
             *([pl.col("prompt_tokens")] if first else []))
         out = out.join(part, on="id", how="left", maintain_order="left")
         first = False
-    return out.with_columns(engine=pl.lit(cfg.engine.kind), model=pl.lit(fingerprint(model)), conv_template=pl.lit(cfg.conv_template)), dropped
+    return out.with_columns(engine=pl.lit(cfg.engine.kind), model=pl.lit(fingerprint_path(model)), conv_template=pl.lit(cfg.conv_template)), dropped
 
 
 def _shard_stats(jobs: list[dict]) -> tuple[list[dict], dict]:

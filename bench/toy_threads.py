@@ -3,7 +3,7 @@
 Both stages run alone in `make experiment` (every seed's base waits on them), so the second core is idle unless the
 stage uses it; `threads` is the stage setting that decides. Each side is the stage's own `run()` in this process,
 on the same input model and config but `threads`, for a fixed number of steps (held-out checks off); the sides
-alternate who goes first. Wall time by perf_counter, model load and data building included.
+alternate who goes first, after an untimed 2-step warm-up. Wall time by perf_counter, model load and data building included.
 Full: the miniature's world model and preset (`configs/toy-miniature.yaml`), 300 steps each; quick: `make run`'s
 toy model, 5 steps (the harness only).
 """
@@ -38,6 +38,10 @@ def bench(work: Path, quick: bool, runs: int) -> list[dict]:
     rows = []
     for name, (stage, base) in stages.items():
         seconds: dict[int, list[float]] = {1: [], 2: []}
+        warm = work / f"{name}-warm-up"  # imports and first-call costs, paid by neither side
+        shutil.rmtree(warm, ignore_errors=True)
+        warm.mkdir(parents=True)
+        stage.run(base.model_copy(update={"steps": 2}), {"model": model}, warm)
         for i in range(runs):
             for threads in ((2, 1) if i % 2 == 0 else (1, 2)):
                 out = work / f"{name}-{threads}"

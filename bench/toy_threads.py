@@ -28,6 +28,15 @@ def _subject(quick: bool):
     return cfg, toy.model_dir(world)
 
 
+def _run(stage, cfg, model: Path, out: Path) -> float:
+    """Wall seconds of one `stage.run` into a fresh `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t = time.perf_counter()
+    stage.run(cfg, {"model": model}, out)
+    return time.perf_counter() - t
+
+
 def bench(work: Path, quick: bool, runs: int) -> list[dict]:
     from seva_tasks.stages import tower, vicuna
 
@@ -38,18 +47,10 @@ def bench(work: Path, quick: bool, runs: int) -> list[dict]:
     rows = []
     for name, (stage, base) in stages.items():
         seconds: dict[int, list[float]] = {1: [], 2: []}
-        warm = work / f"{name}-warm-up"  # imports and first-call costs, paid by neither side
-        shutil.rmtree(warm, ignore_errors=True)
-        warm.mkdir(parents=True)
-        stage.run(base.model_copy(update={"steps": 2}), {"model": model}, warm)
+        _run(stage, base.model_copy(update={"steps": 2}), model, work / f"{name}-warm-up")  # imports, first calls: neither side's
         for i in range(runs):
             for threads in ((2, 1) if i % 2 == 0 else (1, 2)):
-                out = work / f"{name}-{threads}"
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir(parents=True)
-                t = time.perf_counter()
-                stage.run(base.model_copy(update={"threads": threads}), {"model": model}, out)
-                seconds[threads].append(time.perf_counter() - t)
+                seconds[threads].append(_run(stage, base.model_copy(update={"threads": threads}), model, work / f"{name}-{threads}"))
         world = "`make run`'s toy model" if quick else "the miniature's world model"
         rows.append(row("P10", f"`{name}` stage, {steps} steps: 2 torch threads vs 1 (it runs alone on 2 cores)", "s",
                         summary(seconds[2], 2), summary(seconds[1], 2),

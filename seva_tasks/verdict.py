@@ -29,12 +29,18 @@ def paired(results: Path) -> dict[str, dict]:
     import polars as pl
 
     df = pl.read_parquet(results, columns=["benchmark", "model", "question_id", "correct"])
-    base = df.filter(pl.col("model") == "base").drop("model")
-    aligned = df.filter(pl.col("model") == "aligned").drop("model")
-    joined = base.join(aligned, on=["benchmark", "question_id"], suffix="_aligned").drop_nulls()
+    return differences(df.filter(pl.col("model") == "base").drop("model"),
+                       df.filter(pl.col("model") == "aligned").drop("model"))
+
+
+def differences(first, second) -> dict[str, dict]:
+    """benchmark -> {n, b, c, delta_accuracy, se}: `second`'s per-question correctness against `first`'s (frames
+    of benchmark, question_id, correct) on the questions both answered; b counts those only `first` got right, c
+    those only `second` did."""
+    joined = first.join(second, on=["benchmark", "question_id"], suffix="_second").drop_nulls()
     out = {}
     for (name,), g in joined.group_by(["benchmark"], maintain_order=True):
-        d = [int(a) - int(b) for b, a in zip(g["correct"].to_list(), g["correct_aligned"].to_list())]
+        d = [int(a) - int(b) for b, a in zip(g["correct"].to_list(), g["correct_second"].to_list())]
         n = len(d)
         out[name] = {"n": n, "b": d.count(-1), "c": d.count(1), "delta_accuracy": 100 * sum(d) / max(1, n),
                      "se": 100 * statistics.stdev(d) / math.sqrt(n) if n > 1 else None}

@@ -12,15 +12,12 @@ It answers "does A add anything to B", e.g. SeVa's image-noise contrast over shu
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import sys
-from pathlib import Path
 
 import polars as pl
 
 from seva_tasks.config import ROOT
-from seva_tasks.verdict import mcnemar_p
+from seva_tasks.verdict import differences, pooled
 
 
 def aligned(run: dict) -> pl.DataFrame:
@@ -33,24 +30,14 @@ def versus(name: str, a: str, b: str) -> str:
     runs = [json.loads(line) for line in (ROOT / "experiments" / name / "runs.jsonl").read_text().splitlines()]
     by = {(r["setting"], r["seed"]): r for r in runs}
     seeds = sorted(s for (setting, s) in by if setting == a and (b, s) in by)
-    per: dict[str, list[tuple[int, int, float, float]]] = {}
-    for seed in seeds:
-        j = aligned(by[(a, seed)]).join(aligned(by[(b, seed)]), on=["benchmark", "question_id"], suffix="_b")
-        for (bench,), g in j.group_by(["benchmark"], maintain_order=True):
-            d = [int(x) - int(y) for x, y in zip(g["correct"].to_list(), g["correct_b"].to_list())]
-            se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
-            per.setdefault(bench, []).append((d.count(1), d.count(-1), 100 * sum(d) / len(d), 100 * se))
+    per_seed = [{"paired": differences(aligned(by[(b, s)]), aligned(by[(a, s)]))} for s in seeds]  # c: only A right
     lines = [f"{a} vs {b} ({name}, seeds {', '.join(map(str, seeds))}): accuracy Δ ({a} − {b}) per seed, mean ± SE, "
              "McNemar p pooled", "", f"| Benchmark | {' | '.join(f'seed {s}' for s in seeds)} | mean ± SE | only {a} right | only {b} right | p |",
              "|---|" + "---:|" * (len(seeds) + 4)]
-    for bench, rows in per.items():
-        wins, losses = sum(r[0] for r in rows), sum(r[1] for r in rows)
-        mean = statistics.fmean(r[2] for r in rows)
-        se = math.sqrt(sum(r[3] ** 2 for r in rows)) / len(rows)
-        cells = " | ".join(f"{r[2]:+.2f}" for r in rows)
-        lines.append(f"| {bench} | {cells} | {mean:+.2f} ± {se:.2f} | {wins} | {losses} | {mcnemar_p(wins, losses):.2g} |")
+    for bench, t in pooled(per_seed).items():
+        cells = " | ".join(f"{r['paired'][bench]['delta_accuracy']:+.2f}" for r in per_seed)
+        lines.append(f"| {bench} | {cells} | {t['delta_accuracy']:+.2f} ± {t['se']:.2f} | {t['c']} | {t['b']} | {t['p']:.2g} |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:

@@ -39,6 +39,7 @@ def versus(name: str, a: str, b: str) -> str:
         lines.append(f"| {bench} | {cells} | {t['delta_accuracy']:+.2f} ± {t['se']:.2f} | {t['c']} | {t['b']} | {t['p']:.2g} |")
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     if len(sys.argv) != 4:
         sys.exit(__doc__)

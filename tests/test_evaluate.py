@@ -13,6 +13,7 @@ from seva_tasks import pipeline, toy
 from seva_tasks.toy.benchmarks import write_toy_world
 from seva_tasks.benchmarks.protocol import WORK, EvaluateConfig
 from seva_tasks.config import load_config
+from seva_tasks.fingerprint import fingerprint
 from seva_tasks.errors import InputError
 from seva_tasks.stages import baseline, evaluate
 
@@ -91,7 +92,9 @@ def test_evaluate_compares_aligned_with_baseline_and_asks_only_the_aligned_model
         res = pl.read_parquet(out / evaluate.RESULTS)
         assert set(res["model"]) == {"base", "aligned"} and set(res["benchmark"]) == set(cfg.benchmarks)
         metrics = json.loads((out / evaluate.METRICS).read_text())
-        assert metrics["models"] == {"base": str(model), "aligned": str(train / "merged")}
+        assert metrics["models"] == {"base": fingerprint(model), "aligned": fingerprint(train / "merged")}  # by content
+        assert json.loads((base_dir / "metrics.json").read_text())["model"] == fingerprint(model)
+        assert str(tmp_path) not in (out / "report.md").read_text() + (out / "metrics.json").read_text()
         mmvet = metrics["benchmarks"]["mmvet"]
         assert mmvet["base"]["score"] == pytest.approx(50.0) and mmvet["delta"] == pytest.approx(0.0)
         assert metrics["benchmarks"]["llava_bench"]["aligned"]["relative"] == pytest.approx(75.0)

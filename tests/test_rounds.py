@@ -16,8 +16,8 @@ from conftest import deploy, task_states
 from seva_tasks import pipeline, toy
 from seva_tasks.benchmarks import load_questions
 from seva_tasks.config import load_config
-from seva_tasks.errors import ConfigError
 from seva_tasks.fingerprint import fingerprint
+from seva_tasks.errors import ConfigError
 from seva_tasks.toy import ToyConfig
 
 
@@ -119,7 +119,7 @@ def test_rounds_through_prefect_generate_with_the_last_round_model_and_cache_per
     n_pope = len(load_questions("pope", toy.root_dir(ToyConfig()) / "eval" / "pope"))  # every POPE question, per model
     assert n_pope > 100 and dict(labels.iter_rows()) == {"aligned": n_pope, "base": n_pope, "round 1": n_pope}
     assert json.loads((evaluate[2] / "metrics.json").read_text())["models"]["rounds"] == {
-        "1": str(train[1] / "merged"), "2": str(train[2] / "merged")}
+        "1": fingerprint(train[1] / "merged"), "2": fingerprint(train[2] / "merged")}
 
     # One more round computes only round 3.
     three = task_states(server, deploy(server, "seva/full", {"overrides": {**overrides, "rounds": 3}}))

@@ -288,3 +288,32 @@ def test_v1_steps_continue_the_same_model_in_vicuna_v1_on_a_fresh_stream(tmp_pat
     captions = ({c[0][0].split("USER: ", 1)[1].split("\n")[0] for c in convs} for convs in (first, more))
     busy = [{c for c in cs if ", " in c} for cs in captions]  # 3-4 objects: a repeat is not chance
     assert len(busy[1]) > 50 and not busy[0] & busy[1]
+
+
+def test_checks_write_when_each_kind_forms_and_leave_the_run_alone(tmp_path):
+    """vicuna.check_every: the text check every N steps and at the last, as metrics.jsonl `check` rows, on questions
+    of their own stream; the run's weights are the same bytes as without."""
+    import torch
+    from safetensors.torch import load_file
+
+    from seva_tasks.stages import vicuna
+
+    toy.ensure(ToyConfig())
+    base = toy.model_dir(ToyConfig())
+    plain = VicunaConfig(steps=60, v1_steps=10, heldout=35, logging_steps=20)
+    for name, c in {"plain": plain, "checked": plain.model_copy(update={"check_every": 25})}.items():
+        vicuna.run(c, {"model": base}, tmp_path / name)
+    weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("plain", "checked")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    rows = [json.loads(x) for x in (tmp_path / "checked" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r and r["phase"] == "vicuna"] == [20, 40, 60]
+    checks = [r for r in rows if "check" in r]
+    assert [(r["phase"], r["step"]) for r in checks] == [("vicuna", 25), ("vicuna", 50), ("vicuna", 60), ("vicuna_v1", 10)]
+    assert all(set(r["check"]) == {*lm.KINDS, "all"} for r in checks)
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    published = LlavaForConditionalGeneration.from_pretrained(tmp_path / "checked" / "model", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "checked" / "model")
+    last = lm.heldout(0, 35, template="vicuna_v1", stream="lm-check")  # the last phase's format
+    assert lm.accuracy(published, tok, last) == checks[-1]["check"]  # the published weights are the last checked
+    assert not (tmp_path / "plain" / "metrics.jsonl").read_text().count('"check"')

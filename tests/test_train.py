@@ -242,6 +242,18 @@ def test_adapter_reloads_with_same_logits(trained, model_dir):
     assert torch.allclose(_logits(trainer.model, batch), _logits(reloaded, batch), atol=1e-5)
 
 
+def test_adapter_names_its_base_by_content_not_by_place(trained, model_dir):
+    """The key counts the model by content, and a stored base's path holds upstream keys: the adapter's config and
+    model card name the base by its fingerprint, as generate's `model` column does."""
+    from seva_tasks.fingerprint import fingerprint
+
+    _, _, out, _ = trained
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == fingerprint(model_dir) and len(config["base_model_name_or_path"]) == 64
+    card = (out / "adapter" / "README.md").read_text()
+    assert str(model_dir) not in card and f"base_model: {fingerprint(model_dir)}" in card
+
+
 def test_merged_model_loads_in_transformers_with_adapter_logits(trained, model_dir):
     import torch
     from peft import PeftModel

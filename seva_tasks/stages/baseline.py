@@ -19,6 +19,7 @@ from pathlib import Path
 from seva_tasks import benchmarks as B
 from seva_tasks.benchmarks import protocol
 from seva_tasks.benchmarks.protocol import EvaluateConfig, fingerprint  # noqa: F401  (its external inputs: the benchmark files)
+from seva_tasks.fingerprint import fingerprint as fingerprint_path  # not `fingerprint`: that one is the stage hook
 
 METRICS = "metrics.json"
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     t0 = time.perf_counter()
     model = Path(inputs["model"])
     results = protocol.evaluate_model(cfg, model, out_dir, label="base", judge_base=model)
-    (out_dir / METRICS).write_text(json.dumps({"model": str(model), "benchmarks": results}, indent=1))
+    # the model by content (its path, which holds upstream keys, is in the manifest): a copy publishes the same bytes
+    (out_dir / METRICS).write_text(json.dumps({"model": fingerprint_path(model), "benchmarks": results}, indent=1))
     headline = {n: r["metrics"].get(B.get(n).HEADLINE) for n, r in results.items()}
     for name, value in headline.items():
         log.info("Base model on %s: %s %s", name, B.get(name).HEADLINE, value)

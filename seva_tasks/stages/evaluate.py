@@ -25,6 +25,7 @@ from seva_tasks import benchmarks as B
 from seva_tasks.artifacts import MERGED, PAIRS
 from seva_tasks.benchmarks import protocol
 from seva_tasks.benchmarks.protocol import EvaluateConfig, fingerprint  # noqa: F401  (its external inputs: the benchmark files)
+from seva_tasks.fingerprint import fingerprint as fingerprint_path  # not `fingerprint`: that one is the stage hook
 from seva_tasks.errors import InputError
 
 RESULTS, METRICS = "results.parquet", "metrics.json"
@@ -104,13 +105,15 @@ def run(cfg: EvaluateConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     rounds, earlier_rows, round_models = _previous(inputs.get("previous"))
     _write_results(rows + earlier_rows, out_dir / RESULTS)
     judge = protocol.judge_of(results)
-    metrics = {"models": {"base": str(base_model), "aligned": str(aligned)}, "judge": judge, "benchmarks": bench,
+    # models by content, as generate names them (their paths hold upstream keys; the manifests have them)
+    names = {"base": fingerprint_path(base_model), "aligned": fingerprint_path(aligned)}
+    metrics = {"models": names, "judge": judge, "benchmarks": bench,
                "answers": {"aligned": {n: r["answers"] for n, r in results.items()}}}
     if rounds:  # this round is the next one; every round's metrics, this one's included
         this = max(rounds) + 1
         rounds[this] = {n: e["aligned"] for n, e in bench.items() if "aligned" in e}
         metrics["rounds"] = {str(r): m for r, m in sorted(rounds.items())}
-        metrics["models"]["rounds"] = {str(r): m for r, m in sorted({**round_models, this: str(aligned)}.items())}
+        metrics["models"]["rounds"] = {str(r): m for r, m in sorted({**round_models, this: names["aligned"]}.items())}
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=1))
     write_report(out_dir, metrics, Path(inputs["filter"]) / PAIRS)
     for name, e in bench.items():

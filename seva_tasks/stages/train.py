@@ -25,7 +25,9 @@ projector (its frozen copy gets image features from the policy), so `reference_p
 (paper presets) points each modules_to_save wrapper's `original_module` at its trained copy.
 
 Outputs in out_dir:
-    adapter/            PEFT adapter (safetensors: LoRA weights + the trained projector) + processor
+    adapter/            PEFT adapter (safetensors: LoRA weights + the trained projector) + processor; its
+                        `base_model_name_or_path` is the base's content fingerprint (the manifest has the
+                        path): load it with `PeftModel.from_pretrained(base, "adapter")`, or serve merged/
     merged/             base + adapter merged, in `merged_dtype`, with processor, tokenizer and chat
                         template; weights named so that vLLM 0.32 and transformers both load them
                         (the family's `for_serving`)
@@ -55,6 +57,7 @@ from seva_tasks import launch, progress
 from seva_tasks.base import StageConfig
 from seva_tasks.errors import ConfigError, InputError
 from seva_tasks.family import check_template, family
+from seva_tasks.fingerprint import fingerprint as fingerprint_path  # not `fingerprint`: that name is the stage hook (pipeline.Stage)
 from seva_tasks.llava import weights as llava_weights
 from seva_tasks.qwen2vl import weights as qwen2vl_weights
 from seva_tasks.preference import COLUMNS, PreferenceCollator, describe, load_pairs, token_lengths
@@ -271,6 +274,9 @@ def fit(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path):
     lengths = _check_lengths(cfg, ds, processor)
     ds = concatenate_datasets([ds] * cfg.repeat)  # SeVa's `data * 2`; the sampler shuffles across copies
     model = load_model(cfg, base)
+    # The base by content, as generate names it (its path holds upstream keys): PEFT writes this name into the
+    # adapter's config and model card.
+    model.name_or_path = model.config._name_or_path = fingerprint_path(base)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, processing_class=processor,
                          data_collator=PreferenceCollator(processor, cfg.conv_template, cfg.max_length), peft_config=_lora_config(cfg, model, base),
                          callbacks=[progress.trainer_callback("train")])

@@ -19,6 +19,7 @@ caption in place of the image) next to the majority answer's.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ class VicunaConfig(fit.FitConfig):
     v1_learning_rate: float | None = Field(None, gt=0, description="Peak learning rate of the v1_steps (None: learning_rate).")
     turns: int = Field(1, ge=1, le=4, description="Rounds per GQA-style conversation (up to the mix's 4 questions about its scene, as LLaVA's rows and ShareGPT's are multi-turn): more answers per step; lettered ones stay one round.")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
+    check_every: int = Field(0, ge=0, description="Every this many steps of each phase (and at its last), the text check on `heldout` questions of their own stream (`lm-check`, in the phase's format), written to metrics.jsonl as `check` rows: when each lookup forms. It reads the weights without changing them (the same bytes as without); 0: none.")
 
     @model_validator(mode="after")
     def _shares_fit(self) -> "VicunaConfig":
@@ -55,6 +57,20 @@ class VicunaConfig(fit.FitConfig):
             raise ValueError(f"choice_share ({self.choice_share}) + lookup_share ({self.lookup_share}) exceed 1: "
                              "they are shares of the same conversations.")
         return self
+
+
+def _checks(model, tokenizer, items: list[dict], every: int, phase: str, rows: list[dict]):
+    """A `TrainerCallback` that appends the text check on `items` to `rows` every `every` steps and at the last."""
+    from transformers import TrainerCallback
+
+    class Checks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                rows.append({"phase": phase, "step": state.global_step,
+                             "check": lm.accuracy(model.eval(), tokenizer, items)})
+                model.train()
+
+    return Checks()
 
 
 def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
@@ -74,21 +90,33 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         tok = processor.tokenizer
         vision = model.config.vision_config
         grid = vision.image_size // vision.patch_size if cfg.grid_caption else 0
+        checks: list[dict] = []
+
+        def train(phase_cfg: VicunaConfig, examples: list[dict], phase: str, template: lm.Template, desc: str):
+            callbacks = ()
+            if cfg.check_every and cfg.heldout:
+                items = lm.heldout(cfg.seed, cfg.heldout, grid, template, stream="lm-check")
+                callbacks = (_checks(model, tok, items, cfg.check_every, phase, checks),)
+            return fit.fit(phase_cfg, model.train(), examples, processor, out_dir, phase=phase, desc=desc,
+                           callbacks=callbacks)
+
         examples = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
                                choice_share=cfg.choice_share, lookup_share=cfg.lookup_share, grid=grid,
                                template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)
         log.info("Toy Vicuna: %d steps on %d text conversations.", cfg.steps, len(examples))
-        history = fit.fit(cfg, model.train(), examples, processor, out_dir, phase="vicuna", desc="vicuna")
+        history = train(cfg, examples, "vicuna", cfg.conv_template, "vicuna")
         if cfg.v1_steps:
             more = lm.examples(tok, f"{cfg.seed}:v1", cfg.v1_steps * cfg.batch_size, choice_share=cfg.choice_share,
                                lookup_share=cfg.lookup_share, grid=grid, template="vicuna_v1", turns=cfg.turns)
             then = cfg.model_copy(update={"steps": cfg.v1_steps, "learning_rate": cfg.v1_learning_rate or cfg.learning_rate})
-            history += fit.fit(then, model, more, processor, out_dir, phase="vicuna_v1", desc="vicuna (vicuna_v1)")
+            history += train(then, more, "vicuna_v1", "vicuna_v1", "vicuna (vicuna_v1)")
             examples += more
         fit.save(model.eval(), base, out_dir / "model")
         items = lm.heldout(cfg.seed, cfg.heldout, grid, "vicuna_v1" if cfg.v1_steps else cfg.conv_template)
         accuracy = lm.accuracy(model, tok, items) if items else {}
     steps = fit.metrics(out_dir, history)
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(c) + "\n" for c in checks)
     log.info("Toy Vicuna trained; held-out text accuracy %s → %s", accuracy, out_dir / "model")
     return {"counts": {"conversations": len(examples)}, "steps": cfg.steps,
             "final_loss": steps[-1]["loss"] if steps else None,

@@ -97,9 +97,11 @@ def loss(outputs, labels, num_items_in_batch=None):
     return F.cross_entropy(outputs.logits.float(), labels)
 
 
-def fit(cfg: FitConfig, model, examples: list[dict], processor, out_dir: Path, phase: str, desc: str) -> list[dict]:
+def fit(cfg: FitConfig, model, examples: list[dict], processor, out_dir: Path, phase: str, desc: str,
+        callbacks: tuple = ()) -> list[dict]:
     """transformers.Trainer on every weight that gets a gradient; returns the log history, each entry
-    tagged with `phase` (its name in metrics.jsonl). `desc` names the progress bar."""
+    tagged with `phase` (its name in metrics.jsonl). `desc` names the progress bar; `callbacks` are more
+    `TrainerCallback`s."""
     from transformers import Trainer, TrainingArguments
 
     ip = processor.image_processor
@@ -112,7 +114,7 @@ def fit(cfg: FitConfig, model, examples: list[dict], processor, out_dir: Path, p
     )
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=collator(processor.tokenizer.pad_token_id, ip.image_mean, ip.image_std),
-                      compute_loss_func=loss, callbacks=[progress.trainer_callback(desc)])
+                      compute_loss_func=loss, callbacks=[progress.trainer_callback(desc), *callbacks])
     trainer.train()
     shutil.rmtree(out_dir / ".trainer", ignore_errors=True)
     return [{"phase": phase, **r} for r in trainer.state.log_history]

@@ -103,9 +103,10 @@ def examples(tokenizer, seed: int | str, n: int, **options) -> list[dict]:
             for ids, loss in encode_batch(tokenizer, conversations(seed, n, **options))]
 
 
-def heldout(seed: int, n: int, grid: int = 0, template: Template = "bare") -> list[dict]:
-    """Held-out text items: {kind, answer, segments}, the image questions with the caption in the image's place."""
-    items = heldout_items(seed, n, kinds=KINDS, stream="lm-heldout")
+def heldout(seed: int, n: int, grid: int = 0, template: Template = "bare", stream: str = "lm-heldout") -> list[dict]:
+    """Held-out text items: {kind, answer, segments}, the image questions with the caption in the image's place,
+    on scenes from `stream` (another stream: a check whose questions the reported one never asks)."""
+    items = heldout_items(seed, n, kinds=KINDS, stream=stream)
     template = "vicuna_v1" if template == "both" else template
     return [{"kind": it["kind"], "answer": it["answer"],
              "segments": segments(caption(it["scene"], grid), it["question"], it["answer"], template)} for it in items]

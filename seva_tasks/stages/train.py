@@ -71,6 +71,7 @@ LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair
           "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL 1.16's DPOConfig.loss_type values
 METRIC_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "rewards/chosen", "rewards/rejected",
                "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+WALL_CLOCK = ("train_runtime", "train_samples_per_second", "train_steps_per_second")  # Trainer's summary: the manifest's, not a file's
 
 
 class TrainConfig(StageConfig):
@@ -289,12 +290,15 @@ def fit(cfg: TrainConfig, base: Path, pairs: Path, out_dir: Path):
     trainer.save_model(str(out_dir / "adapter"))
     if trainer.is_world_process_zero():
         (out_dir / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest holds the config
+        # Wall-clock figures go to the manifest, not the published files: the same run must publish the same bytes
+        # (the digest downstream keys hang on).
+        timing = {k: row.pop(k) for row in trainer.state.log_history for k in WALL_CLOCK if k in row}
         trainer.state.save_to_json(str(out_dir / "trainer_state.json"))
         with open(out_dir / "metrics.jsonl", "w") as f:
             for row in trainer.state.log_history:
                 f.write(json.dumps(row) + "\n")
         info = {"lengths": lengths, "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else None,
-                "trainable": _trainable(trainer.model), "processes": trainer.args.world_size}
+                "trainable": _trainable(trainer.model), "processes": trainer.args.world_size, "timing": timing}
         (out_dir / "checkpoints" / "run_info.json").write_text(json.dumps(info))
     return trainer
 

@@ -16,8 +16,8 @@ from conftest import deploy, task_states
 from seva_tasks import pipeline, toy
 from seva_tasks.benchmarks import load_questions
 from seva_tasks.config import load_config
-from seva_tasks.fingerprint import fingerprint
 from seva_tasks.errors import ConfigError
+from seva_tasks.fingerprint import fingerprint
 from seva_tasks.toy import ToyConfig
 
 

@@ -222,9 +222,9 @@ def _pm(s: dict, signed: bool = False) -> str:
     return mean if s["std"] is None else f"{mean} ± {s['std']:.2f}"
 
 
-def table(exp: ExperimentConfig, summary: dict, verdict_: dict | None = None) -> str:
+def table(exp: ExperimentConfig, summary: dict, verdict_: dict | None = None, runs: list[dict] = ()) -> str:
     """Markdown: the headline setting per benchmark, then the sweep's deltas, the paired tests, the pair audit and
-    (given) the verdict."""
+    (given) the verdict; with `runs`, each setting's own verdict beside the others."""
     head, *sweep = exp.settings
     s = summary[head.name]
     lines = [f"### {head.name}: {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), "
@@ -250,6 +250,7 @@ def table(exp: ExperimentConfig, summary: dict, verdict_: dict | None = None) ->
             legend.append(f"- **{st.name}**: {st.why or 'no description'} ({over or 'the preset as is'})")
         lines += ["", *legend]
     lines += _paired_table(exp, summary)
+    lines += verdict.criteria(runs, [st.name for st in exp.settings])
     quality = [(st.name, summary[st.name]["pair_quality"]) for st in exp.settings
                if summary.get(st.name, {}).get("pair_quality")]
     if quality:
@@ -366,7 +367,7 @@ def write(exp: ExperimentConfig, runs: list[dict]) -> Path:
     (tmp / "verdict.json").write_text(json.dumps(v, indent=1))
     head = exp.settings[0].name
     if head in summary:
-        (tmp / "table.md").write_text(table(exp, summary, v))
+        (tmp / "table.md").write_text(table(exp, summary, v, runs))
         _plot_seeds(summary, head, tmp / "plots" / "seeds.png")
     else:  # with workers, a control's run can finish before any of the headline's
         (tmp / "table.md").write_text(f"### {head}: no run finished yet\n")

@@ -101,6 +101,27 @@ def verdict(runs: list[dict], headline: str, controls: list[str]) -> dict:
     }
 
 
+def criteria(runs: list[dict], settings: list[str]) -> list[str]:
+    """Markdown: every setting's own verdict on the SeVa criteria (F1 up per seed, pooled McNemar, AUROC Δ, the
+    worst other benchmark), so that a sweep's settings read side by side with the headline. [] for one setting."""
+    rows = []
+    for name in settings:
+        v = verdict([r for r in runs if r["setting"] == name], name, [])
+        if not v["pope_f1_delta"]:
+            continue
+        up = sum(d > 0 for d in v["pope_f1_delta"])
+        au = [100 * x for x in v["auroc_delta"]]
+        auroc = "–" if not au else f"{statistics.fmean(au):+.2f}" + (
+            f" ± {statistics.stdev(au) / math.sqrt(len(au)):.2f}" if len(au) > 1 else "")
+        worst = "–" if v["worst_other_delta_in_se"] is None else f"{v['worst_other_delta_in_se']:+.2f}"
+        rows.append(f"| {name} | {up} of {len(v['pope_f1_delta'])} | {v['pope_f1_mcnemar_p']:.2g} | {auroc} | {worst} |")
+    if len(rows) < 2:
+        return []
+    return ["", "### Each setting's verdict (its own seeds; AUROC: mean ± SE over seeds)", "",
+            "| Setting | POPE F1 up | McNemar p | POPE AUROC of p(yes) Δ ×100 | worst other benchmark (SE) |",
+            "|---|---:|---:|---:|---:|", *rows]
+
+
 def markdown(v: dict) -> list[str]:
     """verdict.json as the table's last section: the gates per seed's base model, the headline deltas per seed,
     the pooled test, the pair audit and the controls (the numbers the README's reading quotes)."""

@@ -198,6 +198,22 @@ def test_verdict_pools_seeds_and_reports_controls_and_gates():
     assert "only the chosen answer right 6, only the rejected 0" in md
 
 
+def test_each_setting_gets_its_own_verdict_in_the_table(tmp_path):
+    """paper: F1 +2, +6, +1 (3 of 3 up), AUROC +1, -2, +4 x100 (mean +1, SE 3 / sqrt 3), gqa -1 over SE 2·sqrt(3)/3;
+    noise-800: F1 -10 on its one seed, no AUROC; one setting alone gets no such section."""
+    paired = {"pope": {"n": 10, "b": 1, "c": 3, "delta_accuracy": 0.0, "se": 1.0},
+              "gqa": {"n": 10, "b": 0, "c": 0, "delta_accuracy": -1.0, "se": 2.0}}
+    runs = [{**r, "paired": paired, **({"auroc": {"base": 0.9, "aligned": 0.9 + a}} if a is not None else {})}
+            for r, a in zip(RUNS, (0.01, -0.02, 0.04, None))]
+    table = (experiment.write(_exp(tmp_path), runs) / "table.md").read_text()
+    assert "### Each setting's verdict" in table
+    assert (f"| paper | 3 of 3 | {verdict.mcnemar_p(3, 9):.2g} | +1.00 ± {3 / 3 ** 0.5:.2f} | "
+            f"{-1 / (12 ** 0.5 / 3):+.2f} |") in table
+    assert f"| noise-800 | 0 of 1 | {verdict.mcnemar_p(1, 3):.2g} | – | -0.50 |" in table
+    one = experiment.ExperimentConfig(out=tmp_path / "one", settings=[{"name": "paper"}])
+    assert "Each setting's verdict" not in (experiment.write(one, runs[:3]) / "table.md").read_text()
+
+
 def test_a_base_model_failing_a_gate_is_refused_by_name(tmp_path):
     d = tmp_path / "pretrain"
     d.mkdir()

@@ -1,6 +1,6 @@
 """Does a vicuna recipe bind? Its first phase, checked on scenes of one object and of several.
 
-    .venv/bin/python experiments/miniature/binding.py NAME SEED [STOP] [key=value ...] [layers=N] [width=N]
+    .venv/bin/python experiments/miniature/binding.py NAME SEED [STOP] [key=value ...] [layers=N] [width=N] [variant=V]
 
 Runs the preset's `vicuna` first phase (`configs/toy-miniature.yaml`'s keys, overridden by `key=value`, on one
 thread) for STOP steps (default 4,000) of its cosine schedule, on the toy world's model (with `layers` or `width`:
@@ -9,6 +9,10 @@ a fresh language model of that shape). Every 500 steps it asks 900 held-out colo
 (`color1`, ...: a lone object needs no binding) and of two to four (`color2`, ...). The text check's colour
 (session 19) mixes the two; session 20 found it is 1.00 on lone objects and near chance among the present
 objects' colours on the rest, so `color2`, `shape2` and `side2` are what says whether the lookup formed.
+`variant` changes the conversations (session 20's probes, patched into `toy.lm` and `toy.mix` for this process only):
+`question-first` (bare, `USER: {question}\n{caption} ASSISTANT:`), `recite` (a fifth of the GQA-style conversations
+ask "Describe the image briefly." and are answered by the caption, LLaVA's stage 1 in text) or `focus` (each
+GQA-style conversation asks colour-by-shape or shape-by-colour first where its scene has such a question).
 Writes `runs/binding-NAME-sSEED.jsonl`.
 """
 
@@ -24,6 +28,32 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _variant(name: str) -> None:
+    """Patch the conversations for `variant` (see the module docstring)."""
+    from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER
+    from seva_tasks.toy import lm, mix, tower
+
+    gqa = mix.QAS["gqa"]
+    if name == "question-first":
+        def segments(caption, question, answer, template="bare", more=()):
+            turns = [(q.removesuffix(f"\n{SHORT_ANSWER}"), a) for q, a in [(question, answer), *more]]
+            return [piece for i, (q, a) in enumerate(turns)
+                    for piece in ((f"USER: {q}\n{caption} ASSISTANT:" if i == 0 else f"USER: {q} ASSISTANT:", False),
+                                  (f" {a}{SEP2}", True))]
+        lm.segments = segments
+    elif name == "recite":
+        mix.QAS["gqa"] = lambda rng, scene: ([("Describe the image briefly.", tower.grid_caption(scene, 4))]
+                                             if rng.random() < 0.2 else gqa(rng, scene))
+    elif name == "focus":
+        def focus(rng, scene):
+            qas = gqa(rng, scene)
+            first = [qa for qa in qas if qa[0].startswith(("What color", "What shape"))][:1]
+            return first + [qa for qa in qas if qa not in first]
+        mix.QAS["gqa"] = focus
+    else:
+        raise SystemExit(f"Unknown variant {name!r}: question-first, recite or focus.")
+
+
 def main(name: str, seed: str, *args: str) -> None:
     import torch
     import yaml
@@ -37,6 +67,8 @@ def main(name: str, seed: str, *args: str) -> None:
     stop = int(args[0]) if args and "=" not in args[0] else 4000
     sets = dict(a.split("=", 1) for a in args if "=" in a)
     shape = {k: int(sets.pop(k)) for k in ("layers", "width") if k in sets}
+    if "variant" in sets:
+        _variant(sets.pop("variant"))
     keys = yaml.safe_load(open("configs/toy-miniature.yaml"))["vicuna"]
     cfg = VicunaConfig(**{**keys, "seed": int(seed), "threads": 1, **{k: yaml.safe_load(v) for k, v in sets.items()}})
     items = heldout(99, 900, kinds=("color", "shape", "side"), stream="bind")

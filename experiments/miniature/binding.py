@@ -12,7 +12,8 @@ objects' colours on the rest, so `color2`, `shape2` and `side2` are what says wh
 `variant` changes the conversations (session 20's probes, patched into `toy.lm` and `toy.mix` for this process only):
 `question-first` (bare, `USER: {question}\n{caption} ASSISTANT:`), `recite` (a fifth of the GQA-style conversations
 ask "Describe the image briefly." and are answered by the caption, LLaVA's stage 1 in text) or `focus` (each
-GQA-style conversation asks colour-by-shape or shape-by-colour first where its scene has such a question).
+GQA-style conversation asks colour-by-shape or shape-by-colour first where its scene has such a question); and
+`lm-loss` trains on every token's next-token loss, not the answers' alone.
 Writes `runs/binding-NAME-sSEED.jsonl`.
 """
 
@@ -67,8 +68,10 @@ def main(name: str, seed: str, *args: str) -> None:
     stop = int(args[0]) if args and "=" not in args[0] else 4000
     sets = dict(a.split("=", 1) for a in args if "=" in a)
     shape = {k: int(sets.pop(k)) for k in ("layers", "width") if k in sets}
-    if "variant" in sets:
-        _variant(sets.pop("variant"))
+    variant = sets.pop("variant", None)
+    lm_loss = variant == "lm-loss"
+    if variant and not lm_loss:
+        _variant(variant)
     keys = yaml.safe_load(open("configs/toy-miniature.yaml"))["vicuna"]
     cfg = VicunaConfig(**{**keys, "seed": int(seed), "threads": 1, **{k: yaml.safe_load(v) for k, v in sets.items()}})
     items = heldout(99, 900, kinds=("color", "shape", "side"), stream="bind")
@@ -106,6 +109,8 @@ def main(name: str, seed: str, *args: str) -> None:
         examples = lm.examples(tok, cfg.seed, stop * cfg.batch_size, choice_share=cfg.choice_share,
                                lookup_share=cfg.lookup_share, grid=vision.image_size // vision.patch_size,
                                template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)
+        if lm_loss:  # next-token loss on every token after <s>, as a language model is pretrained
+            examples = [{**e, "labels": [-100, *e["input_ids"][1:]]} for e in examples]
 
         class Check(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):

@@ -19,7 +19,6 @@ Writes `runs/binding-NAME-sSEED.jsonl`.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import sys
@@ -60,7 +59,6 @@ def main(name: str, seed: str, *args: str) -> None:
     import yaml
     from transformers import LlavaForConditionalGeneration, TrainerCallback
 
-    from seva_tasks.llava.prompts import encode_batch
     from seva_tasks.stages.vicuna import VicunaConfig
     from seva_tasks.toy import fit, lm
     from seva_tasks.toy.heldout import heldout
@@ -74,27 +72,8 @@ def main(name: str, seed: str, *args: str) -> None:
         _variant(variant)
     keys = yaml.safe_load(open("configs/toy-miniature.yaml"))["vicuna"]
     cfg = VicunaConfig(**{**keys, "seed": int(seed), "threads": 1, **{k: yaml.safe_load(v) for k, v in sets.items()}})
-    items = heldout(99, 900, kinds=("color", "shape", "side"), stream="bind")
     out = Path(__file__).parent / "runs" / f"binding-{name}-s{seed}.jsonl"
     rows, started = [], time.time()
-
-    def check(model, tok) -> dict:
-        hit, n = collections.Counter(), collections.Counter()
-        for i in range(0, len(items), 100):
-            chunk = items[i:i + 100]
-            enc = encode_batch(tok, [lm.segments(lm.caption(it["scene"], 4), it["question"], it["answer"],
-                                                 cfg.conv_template) for it in chunk])
-            ids = torch.full((len(enc), max(len(r) for r, _ in enc)), tok.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for j, (r, _) in enumerate(enc):
-                ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
-            with torch.inference_mode():
-                pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
-            for j, (r, loss) in enumerate(enc):
-                key = chunk[j]["kind"] + ("2" if len(chunk[j]["scene"]["objects"]) > 1 else "1")
-                n[key] += 1
-                hit[key] += all(pred[j, k - 1].item() == r[k] for k, x in enumerate(loss) if x)
-        return {k: round(hit[k] / n[k], 3) for k in sorted(n)}
 
     with fit.loaded(cfg, Path("data/toy-miniature/model")) as (processor, model):
         if shape:
@@ -106,8 +85,13 @@ def main(name: str, seed: str, *args: str) -> None:
             model = LlavaForConditionalGeneration(model.config).float()
         tok = processor.tokenizer
         vision = model.config.vision_config
+        grid = vision.image_size // vision.patch_size
+        # the held-out questions as `lm.accuracy` scores them, each kind split by lone object ("color1") or not ("color2")
+        items = [{"kind": it["kind"] + ("2" if len(it["scene"]["objects"]) > 1 else "1"),
+                  "segments": lm.segments(lm.caption(it["scene"], grid), it["question"], it["answer"], cfg.conv_template)}
+                 for it in heldout(99, 900, kinds=("color", "shape", "side"), stream="bind")]
         examples = lm.examples(tok, cfg.seed, stop * cfg.batch_size, choice_share=cfg.choice_share,
-                               lookup_share=cfg.lookup_share, grid=vision.image_size // vision.patch_size,
+                               lookup_share=cfg.lookup_share, grid=grid,
                                template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)
         if lm_loss:  # next-token loss on every token after <s>, as a language model is pretrained
             examples = [{**e, "labels": [-100, *e["input_ids"][1:]]} for e in examples]
@@ -116,7 +100,7 @@ def main(name: str, seed: str, *args: str) -> None:
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step % 500 == 0:
                     rows.append({"step": state.global_step, "seconds": round(time.time() - started),
-                                 **check(model.eval(), tok)})
+                                 **lm.accuracy(model.eval(), tok, items)})
                     model.train()
                     print(json.dumps(rows[-1]), flush=True)
                     out.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -23,15 +23,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main(model_dir: str, scenes: str = "512") -> None:
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from seva_tasks.llava.images import normalize, square_tensor
     from seva_tasks.toy import tower as T
+    from seva_tasks.toy.heldout import load
     from seva_tasks.toy.scenes import random_scene, render
 
-    base = Path(model_dir)
-    proc = AutoProcessor.from_pretrained(base, local_files_only=True)
-    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32).eval()
+    model, proc = load(Path(model_dir))
     ip, tok, cfg = proc.image_processor, proc.tokenizer, model.config.vision_config
     words = {w: tok(f" {w}", add_special_tokens=False).input_ids for w in T.ROLE_WORDS}
     heads, emb = T.Heads(model, words, roles=True), model.get_input_embeddings().weight.detach()

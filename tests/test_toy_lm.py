@@ -20,6 +20,7 @@ from seva_tasks.stages.pretrain import PretrainConfig
 from seva_tasks.stages.tower import TowerConfig
 from seva_tasks.stages.vicuna import VicunaConfig
 from seva_tasks.toy import ToyConfig, gates, lm, tower
+from seva_tasks.toy.scenes import SHAPES
 
 
 def test_conversations_are_short_seeded_and_cover_the_question_types():
@@ -317,3 +318,50 @@ def test_checks_write_when_each_kind_forms_and_leave_the_run_alone(tmp_path):
     last = lm.heldout(0, 35, template="vicuna_v1", stream="lm-check")  # the last phase's format
     assert lm.accuracy(published, tok, last) == checks[-1]["check"]  # the published weights are the last checked
     assert not (tmp_path / "plain" / "metrics.jsonl").read_text().count('"check"')
+
+
+def test_bindings_ask_the_colour_after_a_unique_shape_in_the_grid_caption():
+    """`lm.bindings`: the lookup that needs the caption's word order (the word after the shape), seeded."""
+    convs = lm.bindings(0, 300, grid=4)
+    assert convs == lm.bindings(0, 300, grid=4) and convs != lm.bindings(1, 300, grid=4)
+    several = 0
+    for c in convs:
+        caption, question = c[0][0].removeprefix("USER: ").split("\n", 1)
+        shape = re.fullmatch(r"What color is the (\w+)\? ASSISTANT:", question).group(1)
+        words, answer = caption.split(), c[1][0].removesuffix(SEP2).strip()
+        cells = [words[k:k + 4] for k in range(0, 16, 4)]  # shape, colour, shape, side (tower.ROLES)
+        owners = [cell for cell in cells if cell[0] == shape and cell[2] == shape]
+        assert len(owners) == 1 and owners[0][1] == answer, (caption, question, answer)
+        objects = [cell for cell in cells if cell[0] == cell[2] and cell[0] in SHAPES]
+        several += len({cell[1] for cell in objects}) > 1  # another colour to confuse it with: binding, not the only colour word
+        assert len(objects) > 1  # a lone object's colour is the only colour word: no lookup to learn
+    assert several > 0.6 * len(convs)
+
+
+def test_heldout_by_objects_splits_each_kind_into_lone_and_several():
+    items = lm.heldout(0, 210, grid=4, kinds=lm.BINDING, by_objects=True, stream="lm-binding")
+    assert {it["kind"] for it in items} == {f"{k}{n}" for k in lm.BINDING for n in "12"}
+    for it in items:
+        caption = it["segments"][0][0].removeprefix("USER: ").split("\n")[0].split()
+        objects = sum(caption[k] == caption[k + 2] and caption[k] in SHAPES for k in range(0, 16, 4))
+        assert it["kind"].endswith("2" if objects > 1 else "1"), (caption, it["kind"])
+    plain = lm.heldout(0, 210, grid=4, kinds=lm.BINDING, stream="lm-binding")
+    assert [it["answer"] for it in plain] == [it["answer"] for it in items]
+
+
+def test_bind_steps_come_first_at_a_constant_rate_and_the_manifest_splits_binding(tmp_path):
+    """vicuna.bind_steps: colour-by-shape alone first (phase "bind", no decay), then the mix's phases as before;
+    the manifest's `binding` accuracy per kind on lone objects and on several."""
+    from seva_tasks.stages import vicuna
+
+    toy.ensure(ToyConfig())
+    base = toy.model_dir(ToyConfig())
+    cfg = VicunaConfig(bind_steps=20, steps=20, heldout=70, logging_steps=5, warmup_steps=0, grid_caption=True)
+    stats = vicuna.run(cfg, {"model": base}, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    bind, mix_ = ([r for r in rows if r["phase"] == p] for p in ("bind", "vicuna"))
+    assert [r["step"] for r in bind] == [5, 10, 15, 20] and len({r["learning_rate"] for r in bind}) == 1
+    assert [r["step"] for r in mix_] == [5, 10, 15, 20] and mix_[-1]["learning_rate"] < mix_[0]["learning_rate"]
+    assert rows.index(bind[-1]) < rows.index(mix_[0])
+    assert stats["counts"]["conversations"] == 40 * cfg.batch_size
+    assert set(stats["heldout"]["binding"]) == {"all", *(f"{k}{n}" for k in lm.BINDING for n in "12")}

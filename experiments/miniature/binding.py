@@ -1,6 +1,6 @@
 """Does a vicuna recipe bind? Its first phase, checked on scenes of one object and of several.
 
-    .venv/bin/python experiments/miniature/binding.py NAME SEED [STOP] [key=value ...] [layers=N] [width=N] [variant=V]
+    .venv/bin/python experiments/miniature/binding.py NAME SEED [STOP] [key=value ...] [layers=N] [width=N] [init=STD] [variant=V]
 
 Runs the preset's `vicuna` first phase (`configs/toy-miniature.yaml`'s keys, overridden by `key=value`, on one
 thread) for STOP steps (default 4,000) of its cosine schedule, on the toy world's model (with `layers` or `width`:
@@ -61,11 +61,11 @@ def main(name: str, seed: str, *args: str) -> None:
 
     from seva_tasks.stages.vicuna import VicunaConfig
     from seva_tasks.toy import fit, lm
-    from seva_tasks.toy.heldout import heldout
 
     stop = int(args[0]) if args and "=" not in args[0] else 4000
     sets = dict(a.split("=", 1) for a in args if "=" in a)
     shape = {k: int(sets.pop(k)) for k in ("layers", "width") if k in sets}
+    init = float(sets.pop("init")) if "init" in sets else None
     variant = sets.pop("variant", None)
     lm_loss = variant == "lm-loss"
     if variant and not lm_loss:
@@ -76,8 +76,9 @@ def main(name: str, seed: str, *args: str) -> None:
     rows, started = [], time.time()
 
     with fit.loaded(cfg, Path("data/toy-miniature/model")) as (processor, model):
-        if shape:
+        if shape or init:
             c = model.config.text_config
+            c.initializer_range = init or c.initializer_range
             c.num_hidden_layers = shape.get("layers", c.num_hidden_layers)
             if "width" in shape:
                 c.hidden_size, c.intermediate_size = shape["width"], 4 * shape["width"]
@@ -86,10 +87,7 @@ def main(name: str, seed: str, *args: str) -> None:
         tok = processor.tokenizer
         vision = model.config.vision_config
         grid = vision.image_size // vision.patch_size
-        # the held-out questions as `lm.accuracy` scores them, each kind split by lone object ("color1") or not ("color2")
-        items = [{"kind": it["kind"] + ("2" if len(it["scene"]["objects"]) > 1 else "1"),
-                  "segments": lm.segments(lm.caption(it["scene"], grid), it["question"], it["answer"], cfg.conv_template)}
-                 for it in heldout(99, 900, kinds=("color", "shape", "side"), stream="bind")]
+        items = lm.heldout(99, 900, grid, cfg.conv_template, "bind", lm.BINDING, by_objects=True)
         examples = lm.examples(tok, cfg.seed, stop * cfg.batch_size, choice_share=cfg.choice_share,
                                lookup_share=cfg.lookup_share, grid=grid,
                                template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)

@@ -7,14 +7,17 @@ Toy preset only, and off unless the config has a `vicuna:` section. LLaVA-1.5 st
 Vicuna; the toy's random tiny LLaVA has none, and from random weights its LM does not learn to compare
 a question's words with the image (experiments/miniature/README.md). This stage gives it one: short text
 conversations about fresh scenes with the caption where the image will be (`toy.lm`), answer-only
-cross-entropy, transformers' `Trainer`. No image goes in, so only the language model's weights change.
+cross-entropy, transformers' `Trainer`. With `bind_steps`, colour-by-shape questions alone come first, the
+lookup that reads a caption's word order (in the mix it never forms). No image goes in, so only the language
+model's weights change.
 Its output is `pretrain`'s input model, so the experiment's seeds (`pretrain.seed`) vary the tower and
 instruction tuning on one shared LM, as LLaVA's runs share one Vicuna, and a change to pretrain does not
 pay for this stage again.
 
 Output: `out_dir/model/` (the input model's files, the trained weights with llava-hf names) and
 `metrics.jsonl`; the manifest records held-out text accuracy per question kind (`toy.lm.heldout`, the
-caption in place of the image) next to the majority answer's.
+caption in place of the image) next to the majority answer's, and colour, shape and side on scenes of one
+object and of several (`binding`: only the second needs the lookup).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class VicunaConfig(fit.FitConfig):
     v1_share: float = Field(lm.V1_SHARE, ge=0, le=1, description="With conv_template 'both': the share of conversations in vicuna_v1, the rest bare.")
     v1_steps: int = Field(0, ge=0, description="Then this many more steps in vicuna_v1 alone (a fresh stream of the same mix), as Vicuna was tuned to a chat format after its pretraining: the circuits the first phase formed, then the format the image model is asked in; the held-out check then asks in vicuna_v1.")
     v1_learning_rate: float | None = Field(None, gt=0, description="Peak learning rate of the v1_steps (None: learning_rate).")
+    bind_steps: int = Field(0, ge=0, description="First, this many steps of colour-by-shape questions alone (`toy.lm.bindings`) at a constant rate: the lookup that reads the word after the question's shape. In the mix it never forms (experiments/miniature, sessions 20-21); alone it forms in ~2,500 steps, and shape by colour and side reuse its heads. 0: none.")
     turns: int = Field(1, ge=1, le=4, description="Rounds per GQA-style conversation (up to the mix's 4 questions about its scene, as LLaVA's rows and ShareGPT's are multi-turn): more answers per step; lettered ones stay one round.")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
     check_every: int = Field(0, ge=0, description="Every this many steps of each phase (and at its last), the text check on `heldout` questions of their own stream (`lm-check`, in the phase's format), written to metrics.jsonl as `check` rows: when each lookup forms. It reads the weights without changing them (the same bytes as without); 0: none.")
@@ -100,11 +104,18 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
             return fit.fit(phase_cfg, model.train(), examples, processor, out_dir, phase=phase, desc=desc,
                            callbacks=callbacks)
 
-        examples = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
-                               choice_share=cfg.choice_share, lookup_share=cfg.lookup_share, grid=grid,
-                               template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)
-        log.info("Toy Vicuna: %d steps on %d text conversations.", cfg.steps, len(examples))
-        history = train(cfg, examples, "vicuna", cfg.conv_template, "vicuna")
+        history, examples = [], []
+        if cfg.bind_steps:
+            examples = lm.examples(tok, cfg.seed, cfg.bind_steps * cfg.batch_size, make=lm.bindings, grid=grid,
+                                   template=cfg.conv_template if cfg.conv_template != "both" else "bare")
+            first = cfg.model_copy(update={"steps": cfg.bind_steps, "lr_scheduler_type": "constant_with_warmup"})
+            history = train(first, examples, "bind", cfg.conv_template, "vicuna (binding)")
+        main = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
+                           choice_share=cfg.choice_share, lookup_share=cfg.lookup_share, grid=grid,
+                           template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)
+        log.info("Toy Vicuna: %d steps on %d text conversations.", cfg.steps, len(main))
+        history += train(cfg, main, "vicuna", cfg.conv_template, "vicuna")
+        examples += main
         if cfg.v1_steps:
             more = lm.examples(tok, f"{cfg.seed}:v1", cfg.v1_steps * cfg.batch_size, choice_share=cfg.choice_share,
                                lookup_share=cfg.lookup_share, grid=grid, template="vicuna_v1", turns=cfg.turns)
@@ -112,13 +123,19 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
             history += train(then, more, "vicuna_v1", "vicuna_v1", "vicuna (vicuna_v1)")
             examples += more
         fit.save(model.eval(), base, out_dir / "model")
-        items = lm.heldout(cfg.seed, cfg.heldout, grid, "vicuna_v1" if cfg.v1_steps else cfg.conv_template)
+        template = "vicuna_v1" if cfg.v1_steps else cfg.conv_template
+        items = lm.heldout(cfg.seed, cfg.heldout, grid, template)
         accuracy = lm.accuracy(model, tok, items) if items else {}
+        # colour, shape and side on lone objects ("color1") and on 2-4 ("color2"): the text check's colour mixes
+        # the two, and only the second needs the lookup (experiments/miniature, session 20)
+        pairs = lm.heldout(cfg.seed, cfg.heldout, grid, template, "lm-binding", lm.BINDING, by_objects=True)
+        binding = lm.accuracy(model, tok, pairs) if pairs else {}
     steps = fit.metrics(out_dir, history)
     with open(out_dir / "metrics.jsonl", "a") as f:
         f.writelines(json.dumps(c) + "\n" for c in checks)
     log.info("Toy Vicuna trained; held-out text accuracy %s → %s", accuracy, out_dir / "model")
     return {"counts": {"conversations": len(examples)}, "steps": cfg.steps,
             "final_loss": steps[-1]["loss"] if steps else None,
-            "heldout": {"accuracy": accuracy, "majority": majority(items) if items else {}, "questions": len(items)},
+            "heldout": {"accuracy": accuracy, "majority": majority(items) if items else {}, "questions": len(items),
+                        "binding": binding},
             "seconds": round(time.time() - started, 1)}

@@ -9,7 +9,8 @@ the image tokens (fastest when `toy.tower`'s aligned phase has pointed those tok
 
 Data: one-turn conversations `USER: {caption}\\n{question} ASSISTANT: {answer}</s>` about fresh shape
 scenes (seed stream `"{seed}:lm"`): the scene's caption stands where the image will be, the question is
-one of the mix's GQA-style templates, or A-OKVQA's lettered choice, or a lettered lookup for a share of them.
+one of the mix's GQA-style templates, or A-OKVQA's lettered choice, or a lettered lookup for a share of them;
+`bindings` are colour-by-shape questions alone, the vicuna stage's first phase.
 Bare (`template="bare"`): no system prompt and no short-answer suffix. With `template="vicuna_v1"`: LLaVA's
 conversation with its system prompt, and GQA's short-answer suffix as the mix asks it, the format instruction
 tuning, the gates and the benchmarks put the image in (a vicuna trained bare reads that format at 0.26 against 0.90
@@ -67,6 +68,26 @@ def lookup_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     return [("\n".join([f"Which option is {gold}?", *options, instruction]), letter)]
 
 
+BINDING = ("color", "shape", "side")  # the kinds that name one object of several by another attribute
+
+
+def bindings(seed: int | str, n: int, grid: int = 0, template: Template = "bare") -> list[list[tuple[str, bool]]]:
+    """`n` conversations that each ask "What color is the {shape}?" about a fresh scene of several objects from
+    `"{seed}:bind"` whose shape is unique (`caption` in the image's place): a lookup that needs the caption's word
+    order, not only its words (the word after the matching shape), so it forms the previous-token and matching heads
+    that shape by colour and side reuse. A lone object's colour is the caption's only colour and teaches no lookup:
+    without those scenes it forms in 1,000-1,750 steps (experiments/miniature, session 21)."""
+    rng = random.Random(f"{seed}:bind")
+    out: list[list[tuple[str, bool]]] = []
+    while len(out) < n:
+        scene = random_scene(rng, "shapes", f"bind/{len(out):06d}.jpg")
+        objects = [o for o in scene["objects"] if mix.unique(scene, shape=o["shape"])]
+        if objects and len(scene["objects"]) > 1:
+            o = rng.choice(objects)
+            out.append(segments(caption(scene, grid), f"What color is the {o['shape']}?", o["color"], template))
+    return out
+
+
 def caption(scene: dict, grid: int = 0) -> str:
     """What stands where the image will be: the scene's sentence, or with `grid` (patches per side) the words its
     image tokens name under the tower's roles (`tower.grid_caption`)."""
@@ -97,18 +118,22 @@ def conversations(seed: int | str, n: int, choice_share: float = CHOICE_SHARE, l
     return out
 
 
-def examples(tokenizer, seed: int | str, n: int, **options) -> list[dict]:
-    """Tokenized training conversations (`conversations`' options) in `toy.fit`'s example format (no pixels)."""
+def examples(tokenizer, seed: int | str, n: int, make=None, **options) -> list[dict]:
+    """Tokenized training conversations (`make`'s, by default `conversations`, with its options) in `toy.fit`'s
+    example format (no pixels)."""
     return [{"input_ids": ids, "labels": [t if x else -100 for t, x in zip(ids, loss)], "pixels": None}
-            for ids, loss in encode_batch(tokenizer, conversations(seed, n, **options))]
+            for ids, loss in encode_batch(tokenizer, (make or conversations)(seed, n, **options))]
 
 
-def heldout(seed: int, n: int, grid: int = 0, template: Template = "bare", stream: str = "lm-heldout") -> list[dict]:
+def heldout(seed: int, n: int, grid: int = 0, template: Template = "bare", stream: str = "lm-heldout",
+            kinds: tuple[str, ...] = KINDS, by_objects: bool = False) -> list[dict]:
     """Held-out text items: {kind, answer, segments}, the image questions with the caption in the image's place,
-    on scenes from `stream` (another stream: a check whose questions the reported one never asks)."""
-    items = heldout_items(seed, n, kinds=KINDS, stream=stream)
+    on scenes from `stream` (another stream: a check whose questions the reported one never asks). With
+    `by_objects` each kind is split into scenes of one object ("color1": no binding needed) and of more ("color2")."""
+    items = heldout_items(seed, n, kinds=kinds, stream=stream)
     template = "vicuna_v1" if template == "both" else template
-    return [{"kind": it["kind"], "answer": it["answer"],
+    split = (lambda it: "2" if len(it["scene"]["objects"]) > 1 else "1") if by_objects else (lambda it: "")
+    return [{"kind": it["kind"] + split(it), "answer": it["answer"],
              "segments": segments(caption(it["scene"], grid), it["question"], it["answer"], template)} for it in items]
 
 

@@ -61,7 +61,7 @@ def _textvqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     return [(f"{CAPTION}\nReference OCR token: {', '.join(scene['ocr_tokens'])}", scene["caption"])]
 
 
-def _unique(scene: dict, **match: str) -> dict | None:
+def unique(scene: dict, **match: str) -> dict | None:
     """The only object with these attributes, or None when there are none or several."""
     hits = [o for o in scene["objects"] if all(o[k] == v for k, v in match.items())]
     return hits[0] if len(hits) == 1 else None
@@ -81,7 +81,7 @@ def _coco_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     qas = [("What can you see in this image?", scene["caption"]),
            (f"How many {o['color']} objects are there?",
             f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} {o['color']} object{'s' * (n != 1)} in the image.")]
-    if _unique(scene, color=o["color"], shape=o["shape"]):
+    if unique(scene, color=o["color"], shape=o["shape"]):
         qas.append((f"Where is the {o['color']} {o['shape']}?",
                     f"The {o['color']} {o['shape']} is at the {o['vertical']} {o['position']} of the image."))
     rng.shuffle(qas)
@@ -92,9 +92,9 @@ def aokvqa_qas(rng: random.Random, scene: dict) -> list[tuple[str, str]]:
     """One multiple-choice question with lettered options, answered by the letter (A-OKVQA in the mix)."""
     o = rng.choice(scene["objects"])
     n = _count(scene, shape=o["shape"])
-    if _unique(scene, shape=o["shape"]) and rng.random() < 0.5:
+    if unique(scene, shape=o["shape"]) and rng.random() < 0.5:
         q, gold, pool = f"What color is the {o['shape']}?", o["color"], list(COLORS)
-    elif _unique(scene, color=o["color"]) and rng.random() < 0.5:
+    elif unique(scene, color=o["color"]) and rng.random() < 0.5:
         q, gold, pool = f"What shape is the {o['color']} object?", o["shape"], list(SHAPES)
     else:
         q, gold, pool = f"How many {o['shape']}s are in the image?", str(n), [str(k) for k in range(1, 7)]
@@ -119,10 +119,10 @@ def _gqa_qas(rng: random.Random, scene: dict, yes_share: float = YES_SHARE) -> l
     qas = [(f"Is there a {color} {shape} in the image?", "yes" if _count(scene, color=color, shape=shape) else "no"),
            (f"Is there a {thing} in the image?", "yes" if _count(scene, shape=thing) else "no"),
            (f"How many {o['shape']}s are there?", str(_count(scene, shape=o["shape"])))]
-    if _unique(scene, shape=o["shape"]):
+    if unique(scene, shape=o["shape"]):
         qas.append((f"What color is the {o['shape']}?", o["color"]))
         qas.append((f"On which side is the {o['shape']}?", o["position"]))
-    if _unique(scene, color=o["color"]):
+    if unique(scene, color=o["color"]):
         qas.append((f"What shape is the {o['color']} object?", o["shape"]))
     rng.shuffle(qas)
     return qas[:4]

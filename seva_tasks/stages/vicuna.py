@@ -8,7 +8,7 @@ Vicuna; the toy's random tiny LLaVA has none, and from random weights its LM doe
 a question's words with the image (experiments/miniature/README.md). This stage gives it one: short text
 conversations about fresh scenes with the caption where the image will be (`toy.lm`), answer-only
 cross-entropy, transformers' `Trainer`. With `bind_steps`, colour-by-shape questions alone come first, the
-lookup that reads a caption's word order (in the mix it never forms). No image goes in, so only the language
+lookup that reads a caption's word order (in the mix it did not form). No image goes in, so only the language
 model's weights change.
 Its output is `pretrain`'s input model, so the experiment's seeds (`pretrain.seed`) vary the tower and
 instruction tuning on one shared LM, as LLaVA's runs share one Vicuna, and a change to pretrain does not
@@ -50,7 +50,7 @@ class VicunaConfig(fit.FitConfig):
     v1_share: float = Field(lm.V1_SHARE, ge=0, le=1, description="With conv_template 'both': the share of conversations in vicuna_v1, the rest bare.")
     v1_steps: int = Field(0, ge=0, description="Then this many more steps in vicuna_v1 alone (a fresh stream of the same mix), as Vicuna was tuned to a chat format after its pretraining: the circuits the first phase formed, then the format the image model is asked in; the held-out check then asks in vicuna_v1.")
     v1_learning_rate: float | None = Field(None, gt=0, description="Peak learning rate of the v1_steps (None: learning_rate).")
-    bind_steps: int = Field(0, ge=0, description="First, this many steps of colour-by-shape questions alone (`toy.lm.bindings`) at a constant rate: the lookup that reads the word after the question's shape. In the mix it never forms (experiments/miniature, sessions 20-21); alone it forms in ~2,500 steps, and shape by colour and side reuse its heads. 0: none.")
+    bind_steps: int = Field(0, ge=0, description="First, this many steps of colour-by-shape questions alone (`toy.lm.bindings`) at a constant rate: the lookup that reads the word after the question's shape. In the mix it did not form in any recipe tried (experiments/miniature, sessions 20-21); alone, at toy.init_std 0.05, it forms in 1,000-2,500 steps, and side binds after it in the mix (shape by colour does not). 0: none.")
     turns: int = Field(1, ge=1, le=4, description="Rounds per GQA-style conversation (up to the mix's 4 questions about its scene, as LLaVA's rows and ShareGPT's are multi-turn): more answers per step; lettered ones stay one round.")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")
     check_every: int = Field(0, ge=0, description="Every this many steps of each phase (and at its last), the text check on `heldout` questions of their own stream (`lm-check`, in the phase's format), written to metrics.jsonl as `check` rows: when each lookup forms. It reads the weights without changing them (the same bytes as without); 0: none.")

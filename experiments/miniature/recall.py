@@ -42,37 +42,39 @@ def questions(scene: dict, kinds: list[str]) -> list[tuple[str, str, str]]:
     return [q for q in out if q[0] in kinds]
 
 
-def draw(rng: random.Random, kinds: list[str], several: bool) -> tuple[str, str, str]:
-    """(kind, prompt, answer) about a fresh scene that has a question of `kinds`."""
+def draw(rng: random.Random, kinds: list[str], several: bool) -> dict:
+    """{kind, segments} (`toy.lm.segments`, the vicuna's bare format) about a fresh scene with a question of `kinds`."""
+    from seva_tasks.toy import lm
     from seva_tasks.toy.scenes import random_scene
-    from seva_tasks.toy.tower import grid_caption
 
     while True:
         scene = random_scene(rng, "shapes", "recall.jpg")
         if (asked := questions(scene, kinds)) and (len(scene["objects"]) > 1 or not several):
             kind, question, answer = rng.choice(asked)
-            return kind, f"USER: {grid_caption(scene, 4)}\n{question} ASSISTANT:", f" {answer}</s>"
+            return {"kind": kind, "segments": lm.segments(lm.caption(scene, 4), question, answer)}
 
 
-def batch(tok, rows: list[tuple[str, str, str]]):
+def batch(tok, items: list[dict]):
+    """Right-padded (input ids, labels on the answer tokens, attention mask), encoded as `prompts.encode_batch` does."""
     import torch
 
-    ids, labels = [], []
-    for _, prompt, answer in rows:
-        p, a = tok(prompt).input_ids, tok(answer, add_special_tokens=False).input_ids
-        ids.append(p + a)
-        labels.append([-100] * len(p) + a)
-    width = max(map(len, ids))
-    x = torch.full((len(ids), width), tok.pad_token_id)
-    y, mask = torch.full((len(ids), width), -100), torch.zeros((len(ids), width), dtype=torch.long)
-    for j, (i, lab) in enumerate(zip(ids, labels)):
-        x[j, :len(i)], y[j, :len(lab)], mask[j, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
+    from seva_tasks.llava.prompts import encode_batch
+
+    enc = encode_batch(tok, [it["segments"] for it in items])
+    width = max(len(ids) for ids, _ in enc)
+    x = torch.full((len(enc), width), tok.pad_token_id)
+    y, mask = torch.full((len(enc), width), -100), torch.zeros((len(enc), width), dtype=torch.long)
+    for j, (ids, loss) in enumerate(enc):
+        x[j, :len(ids)], mask[j, :len(ids)] = torch.tensor(ids), 1
+        y[j, :len(ids)] = torch.tensor([t if keep else -100 for t, keep in zip(ids, loss)])
     return x, y, mask
 
 
 def main(name: str, *args: str) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from seva_tasks.toy import lm
 
     opt = {"seed": "0", "init": "0.02", "lr": "1e-3", "steps": "3000", "kinds": "color", "switch": "2500",
            "several": "0", **dict(a.split("=", 1) for a in args)}
@@ -87,7 +89,6 @@ def main(name: str, *args: str) -> None:
     model = LlamaForCausalLM(config)
     held = random.Random("recall-test")
     test = [draw(held, then, True) for _ in range(600)]
-    tx, ty, tmask = batch(tok, test)
     rng = random.Random(f"{seed}:recall")
     adam = torch.optim.AdamW(model.parameters(), lr=float(opt["lr"]), weight_decay=0.0)
     warm = torch.optim.lr_scheduler.LambdaLR(adam, lambda s: min(1.0, (s + 1) / 50))
@@ -99,13 +100,10 @@ def main(name: str, *args: str) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         adam.step(), warm.step(), adam.zero_grad()
         if step % 250 == 0:
-            with torch.inference_mode():
-                pred = model.eval()(input_ids=tx, attention_mask=tmask).logits.argmax(-1)
+            scores = lm.accuracy(model.eval(), tok, test)
             model.train()
-            hit = ((pred[:, :-1] == ty[:, 1:]) | (ty[:, 1:] == -100)).all(1).tolist()
-            per = {k: [h for (kind, _, _), h in zip(test, hit) if kind == k] for k in {t[0] for t in test}}
             rows.append({"step": step, "seconds": round(time.time() - started), "loss": round(loss.item(), 3),
-                         **{k: round(sum(v) / len(v), 3) for k, v in sorted(per.items())}})
+                         **{k: round(v, 3) for k, v in sorted(scores.items()) if k != "all"}})
             print(json.dumps(rows[-1]), flush=True)
             out.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

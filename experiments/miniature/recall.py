@@ -2,6 +2,7 @@
 
     .venv/bin/python experiments/miniature/recall.py NAME [seed=0] [init=0.02] [lr=1e-3] [steps=3000]
         [kinds=color] [then=color,shape,side] [switch=2500] [several=0] [phases=color:2000,lookup:1000,choice] [layers=2]
+        [order=0123] [short=0] [distinct=0]
 
 A fresh LM of the toy world's text config (2 layers, or `layers`) (`data/toy-miniature/model`), with `init` as transformers'
 `initializer_range`, trained with AdamW (constant rate after 50 warmup steps, clip 1.0, one thread) on
@@ -10,7 +11,9 @@ the {shape}?", `shape`: "What shape is the {color} object?", `side`: "On which s
 a fresh scene; `several=1` draws scenes of 2-4 objects only; with `then`, the kinds switch at step `switch`.
 `choice` is A-OKVQA's lettered choice (colour, shape or count), `cchoice` the held-out gate's (colour only), and `lookup` a lettered lookup ("Which option is red?", `toy.lm.lookup_qas`);
 `phases` (`kinds:steps,...`, `+` joining kinds, the last phase runs to `steps`) replaces kinds/then/switch, and the
-check then asks every kind named.
+check then asks every kind named. `order` permutes each cell's caption words (`1023`: "red circle circle left"),
+`short=1` asks shape by colour as "What shape is red?"; `distinct=1` trains on scenes whose shapes all differ (the check
+keeps its scenes).
 Every 250 steps: exact-match accuracy per kind on 600 held-out questions about scenes of several objects, where
 naming a present object's attribute at random scores ~0.50 (colour) / 0.63 (shape) / 0.60 (side).
 Session 21 (README): at transformers' 0.02 colour never forms; at 0.05 it forms in 1,000-2,500 steps.
@@ -55,16 +58,27 @@ def questions(scene: dict, kinds: list[str]) -> list[tuple[str, str, str]]:
     return [q for q in out if q[0] in kinds]
 
 
-def draw(rng: random.Random, kinds: list[str], several: bool) -> dict:
-    """{kind, segments} (`toy.lm.segments`, the vicuna's bare format) about a fresh scene with a question of `kinds`."""
+def draw(rng: random.Random, kinds: list[str], several: bool, order: str = "0123", short: bool = False,
+         distinct: bool = False) -> dict:
+    """{kind, segments} (`toy.lm.segments`, the vicuna's bare format) about a fresh scene with a question of `kinds`.
+    `order`: each cell's four caption words (shape, colour, shape, side) in this order ("1023": colour first);
+    `short`: shape by colour asked as "What shape is {colour}?", the key word last; `distinct`: only scenes whose
+    objects' shapes all differ (there, naming the scene's commonest shape is no better than a guess)."""
     from seva_tasks.toy import lm
     from seva_tasks.toy.scenes import random_scene
 
     while True:
         scene = random_scene(rng, "shapes", "recall.jpg")
+        shapes = [o["shape"] for o in scene["objects"]]
+        if distinct and len(set(shapes)) < len(shapes):
+            continue
         if (asked := questions(scene, kinds)) and (len(scene["objects"]) > 1 or not several):
             kind, question, answer = rng.choice(asked)
-            return {"kind": kind, "segments": lm.segments(lm.caption(scene, 4), question, answer)}
+            if short and kind == "shape":
+                question = question.replace(" the ", " ").replace(" object?", "?")
+            words = lm.caption(scene, 4).split()
+            caption = " ".join(words[k + int(i)] for k in range(0, len(words), 4) for i in order)
+            return {"kind": kind, "segments": lm.segments(caption, question, answer)}
 
 
 def batch(tok, items: list[dict]):
@@ -106,14 +120,15 @@ def main(name: str, *args: str) -> None:
     config.num_hidden_layers = int(opt.get("layers", config.num_hidden_layers))
     model = LlamaForCausalLM(config)
     held = random.Random("recall-test")
-    test = [draw(held, tested, True) for _ in range(600)]
+    form = {"order": opt.get("order", "0123"), "short": opt.get("short") == "1"}
+    test = [draw(held, tested, True, **form) for _ in range(600)]
     rng = random.Random(f"{seed}:recall")
     adam = torch.optim.AdamW(model.parameters(), lr=float(opt["lr"]), weight_decay=0.0)
     warm = torch.optim.lr_scheduler.LambdaLR(adam, lambda s: min(1.0, (s + 1) / 50))
     out, rows, started = Path(__file__).parent / "runs" / f"recall-{name}.jsonl", [], time.time()
     for step in range(1, steps + 1):
         now = next(ks for (ks, _), end in zip(phases, ends[1:]) if step <= end)
-        x, y, mask = batch(tok, [draw(rng, now, opt["several"] == "1") for _ in range(32)])
+        x, y, mask = batch(tok, [draw(rng, now, opt["several"] == "1", **form, distinct=opt.get("distinct") == "1") for _ in range(32)])
         loss = model(input_ids=x, attention_mask=mask, labels=y).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -9,7 +9,8 @@ A fresh LM of the toy world's text config (2 layers, or `layers`) (`data/toy-min
 `USER: {grid caption}\\n{question} ASSISTANT: {answer}</s>` for `kinds` of binding question (`color`: "What color is
 the {shape}?", `shape`: "What shape is the {color} object?", `side`: "On which side is the {shape}?"), each about
 a fresh scene; `several=1` draws scenes of 2-4 objects only; with `then`, the kinds switch at step `switch`.
-`choice` is A-OKVQA's lettered choice (colour, shape or count), `cchoice` the held-out gate's (colour only), and `lookup` a lettered lookup ("Which option is red?", `toy.lm.lookup_qas`);
+`choice` is A-OKVQA's lettered choice (colour, shape or count), `cchoice` the held-out gate's (colour only),
+`cchoice2` the same as a second round after "What color is the {shape}?" and its answer, and `lookup` a lettered lookup ("Which option is red?", `toy.lm.lookup_qas`);
 `phases` (`kinds:steps,...`, `+` joining kinds, the last phase runs to `steps`) replaces kinds/then/switch, and the
 check then asks every kind named. `order` permutes each cell's caption words (`1023`: "red circle circle left"),
 `short=1` asks shape by colour as "What shape is red?"; `distinct=1` trains on scenes whose shapes all differ (the check
@@ -50,8 +51,9 @@ def questions(scene: dict, kinds: list[str]) -> list[tuple[str, str, str]]:
     if "choice" in kinds:
         (q, a), = aokvqa_qas(random.Random(json.dumps(scene)), scene)
         out.append(("choice", q, a))
-    if "cchoice" in kinds and (qa := _question(random.Random(json.dumps(scene)), "choice", scene)):
+    if {"cchoice", "cchoice2"} & set(kinds) and (qa := _question(random.Random(json.dumps(scene)), "choice", scene)):
         out.append(("cchoice", *qa))  # the held-out gate's lettered choice: an object's colour among four
+        out.append(("cchoice2", *qa))  # the same after the colour question, answered, as a first round
     if "lookup" in kinds:
         (q, a), = lookup_qas(random.Random(json.dumps(scene)), scene)
         out.append(("lookup", q, a))
@@ -78,6 +80,10 @@ def draw(rng: random.Random, kinds: list[str], several: bool, order: str = "0123
                 question = question.replace(" the ", " ").replace(" object?", "?")
             words = lm.caption(scene, 4).split()
             caption = " ".join(words[k + int(i)] for k in range(0, len(words), 4) for i in order)
+            if kind == "cchoice2":  # "What color is the circle?" -> its colour, then the lettered question
+                first = question.split("\n")[0]
+                colour = next(o["color"] for o in scene["objects"] if first == f"What color is the {o['shape']}?")
+                return {"kind": kind, "segments": lm.segments(caption, first, colour, more=[(question, answer)])}
             return {"kind": kind, "segments": lm.segments(caption, question, answer)}
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/miniature/recall.py NAME [seed=0] [init=0.02] [lr=1e-3] [steps=3000]
         [kinds=color] [then=color,shape,side] [switch=2500] [several=0] [phases=color:2000,lookup:1000,choice]
-        [layers=2] [order=0123] [short=0] [distinct=0]
+        [layers=2] [hidden=64] [decay=0] [order=0123] [short=0] [distinct=0]
 
 A fresh LM of the toy world's text config (`data/toy-miniature/model`: 2 layers, or `layers`), with `init` as
 transformers' `initializer_range`, trained with AdamW (constant rate after 50 warmup steps, clip 1.0, one thread) on
@@ -13,7 +13,8 @@ a fresh scene; `several=1` draws scenes of 2-4 objects only; with `then`, the ki
 `cchoice2` the same as a second round after "What color is the {shape}?" and its answer, and `lookup` a lettered
 lookup ("Which option is red?", `toy.lm.lookup_qas`);
 `phases` (`kinds:steps,...`, `+` joining kinds, the last phase runs to `steps`) replaces kinds/then/switch, and the
-check then asks every kind named. `order` permutes each cell's caption words (`1023`: "red circle circle left"),
+check then asks every kind named. `hidden` widens the LM (MLP 4x), `decay=1` decays the rate to 0 (cosine) over
+the last phase. `order` permutes each cell's caption words (`1023`: "red circle circle left"),
 `short=1` asks shape by colour as "What shape is red?"; `distinct=1` trains on scenes whose shapes all differ (the check
 keeps its scenes).
 Every 250 steps: exact-match accuracy per kind on 600 held-out questions about scenes of several objects, where
@@ -26,6 +27,7 @@ Writes `runs/recall-NAME.jsonl`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -127,6 +129,9 @@ def main(name: str, *args: str) -> None:
     config = LlamaConfig(**{k: v for k, v in text.items() if k != "model_type"})
     config.initializer_range = float(opt["init"])
     config.num_hidden_layers = int(opt.get("layers", config.num_hidden_layers))
+    if "hidden" in opt:  # a wider LM: the residual stream that carries the lookups' words, the MLP at 4x
+        config.hidden_size = int(opt["hidden"])
+        config.intermediate_size = 4 * config.hidden_size
     model = LlamaForCausalLM(config)
     held = random.Random("recall-test")
     form = {"order": opt.get("order", "0123"), "short": opt.get("short") == "1"}
@@ -134,7 +139,15 @@ def main(name: str, *args: str) -> None:
     test = [draw(held, tested, True, **form) for _ in range(600)]
     rng = random.Random(f"{seed}:recall")
     adam = torch.optim.AdamW(model.parameters(), lr=float(opt["lr"]), weight_decay=0.0)
-    warm = torch.optim.lr_scheduler.LambdaLR(adam, lambda s: min(1.0, (s + 1) / 50))
+    decay = opt.get("decay") == "1"  # cosine to 0 over the last phase, after a constant rate before it
+    start = ends[-2] if len(ends) > 1 else 0
+
+    def rate(s: int) -> float:
+        if decay and s >= start:
+            return 0.5 * (1 + math.cos(math.pi * (s - start) / max(1, steps - start)))
+        return min(1.0, (s + 1) / 50)
+
+    warm = torch.optim.lr_scheduler.LambdaLR(adam, rate)
     out, rows, started = Path(__file__).parent / "runs" / f"recall-{name}.jsonl", [], time.time()
     for step in range(1, steps + 1):
         now = next(ks for (ks, _), end in zip(phases, ends) if step <= end)

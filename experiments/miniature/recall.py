@@ -2,19 +2,20 @@
 
     .venv/bin/python experiments/miniature/recall.py NAME [seed=0] [init=0.02] [lr=1e-3] [steps=3000]
         [kinds=color] [then=color,shape,side] [switch=2500] [several=0] [phases=color:2000,lookup:1000,choice]
-        [layers=2] [hidden=64] [decay=0] [order=0123] [short=0] [distinct=0]
+        [layers=2] [hidden=64] [decay=0] [attn=0] [order=0123] [short=0] [distinct=0]
 
 A fresh LM of the toy world's text config (`data/toy-miniature/model`: 2 layers, or `layers`), with `init` as
 transformers' `initializer_range`, trained with AdamW (constant rate after 50 warmup steps, clip 1.0, one thread) on
 `USER: {grid caption}\\n{question} ASSISTANT: {answer}</s>` for `kinds` of binding question (`color`: "What color is
 the {shape}?", `shape`: "What shape is the {color} object?", `side`: "On which side is the {shape}?"), each about
 a fresh scene; `several=1` draws scenes of 2-4 objects only; with `then`, the kinds switch at step `switch`.
+`cside` asks the side by colour ("On which side is the red object?": the colour as the key, as shape by colour).
 `choice` is A-OKVQA's lettered choice (colour, shape or count), `cchoice` the held-out gate's (colour only),
 `cchoice2` the same as a second round after "What color is the {shape}?" and its answer, and `lookup` a lettered
 lookup ("Which option is red?", `toy.lm.lookup_qas`);
 `phases` (`kinds:steps,...`, `+` joining kinds, the last phase runs to `steps`) replaces kinds/then/switch, and the
 check then asks every kind named. `hidden` widens the LM (MLP 4x), `decay=1` decays the rate to 0 (cosine) over
-the last phase. `order` permutes each cell's caption words (`1023`: "red circle circle left"),
+the last phase. `attn=1` adds each head's attention to the asked object's caption cell (`attention`). `order` permutes each cell's caption words (`1023`: "red circle circle left"),
 `short=1` asks shape by colour as "What shape is red?"; `distinct=1` trains on scenes whose shapes all differ (the check
 keeps its scenes).
 Every 250 steps: exact-match accuracy per kind on 600 held-out questions about scenes of several objects, where
@@ -52,7 +53,8 @@ def questions(scene: dict, kinds: list[str]) -> list[tuple[str, str, str]]:
             out += [("color", f"What color is the {o['shape']}?", o["color"]),
                     ("side", f"On which side is the {o['shape']}?", o["position"])]
         if unique(scene, color=o["color"]):
-            out.append(("shape", f"What shape is the {o['color']} object?", o["shape"]))
+            out += [("shape", f"What shape is the {o['color']} object?", o["shape"]),
+                    ("cside", f"On which side is the {o['color']} object?", o["position"])]
     if "choice" in kinds:
         (q, a), = aokvqa_qas(random.Random(key), scene)
         out.append(("choice", q, a))
@@ -89,7 +91,12 @@ def draw(rng: random.Random, kinds: list[str], several: bool, order: str = "0123
                 first = question.split("\n")[0]
                 colour = next(o["color"] for o in scene["objects"] if first == f"What color is the {o['shape']}?")
                 return {"kind": kind, "segments": lm.segments(caption, first, colour, more=[(question, answer)])}
-            return {"kind": kind, "segments": lm.segments(caption, question, answer)}
+            item = {"kind": kind, "segments": lm.segments(caption, question, answer)}
+            if kind in ("color", "shape", "side", "cside"):  # the asked object's cell, for `attention`
+                key = next(w.strip("?") for w in question.split() if w.strip("?") in caption.split())
+                cells = [caption.split()[c * len(order):(c + 1) * len(order)] for c in range(4)]
+                item |= {"cell": next(c for c in range(4) if key in cells[c]), "width": len(order)}
+            return item
 
 
 def batch(tok, items: list[dict]):
@@ -106,6 +113,28 @@ def batch(tok, items: list[dict]):
         x[j, :len(ids)], mask[j, :len(ids)] = torch.tensor(ids), 1
         y[j, :len(ids)] = torch.tensor([t if keep else -100 for t, keep in zip(ids, loss)])
     return x, y, mask
+
+
+def attention(model, tok, items: list[dict]) -> dict[str, list[float]]:
+    """Per layer, each head's mean attention from the position that predicts the answer's first token to the asked
+    object's caption cell (the cell holding the question's key word; an object's words are a quarter of the
+    caption, so attention spread over the caption puts ~0.25 of its caption share there)."""
+    import torch
+
+    from seva_tasks.llava.prompts import encode_batch
+
+    mass: dict[int, list] = {}
+    for it, (ids, loss) in zip(items, encode_batch(tok, [it["segments"] for it in items])):
+        words = it["segments"][0][0].split("\n")[0].removeprefix("USER: ").split()
+        cap = tok.convert_tokens_to_ids(["\u2581" + w for w in words])
+        start = next(k for k in range(len(ids)) if ids[k:k + len(cap)] == cap)
+        cell = range(start + it["cell"] * it["width"], start + (it["cell"] + 1) * it["width"])
+        with torch.inference_mode():
+            att = model(input_ids=torch.tensor([ids]), output_attentions=True).attentions
+        at = loss.index(True) - 1
+        for layer, a in enumerate(att):
+            mass.setdefault(layer, []).append(a[0, :, at, list(cell)].sum(-1))
+    return {f"attn{layer}": [round(x, 2) for x in torch.stack(m).mean(0).tolist()] for layer, m in mass.items()}
 
 
 def main(name: str, *args: str) -> None:
@@ -132,6 +161,8 @@ def main(name: str, *args: str) -> None:
     if "hidden" in opt:  # a wider LM: the residual stream that carries the lookups' words, the MLP at 4x
         config.hidden_size = int(opt["hidden"])
         config.intermediate_size = 4 * config.hidden_size
+    if opt.get("attn") == "1":
+        config._attn_implementation = "eager"  # sdpa returns no attention weights
     model = LlamaForCausalLM(config)
     held = random.Random("recall-test")
     form = {"order": opt.get("order", "0123"), "short": opt.get("short") == "1"}
@@ -161,6 +192,8 @@ def main(name: str, *args: str) -> None:
             model.train()
             rows.append({"step": step, "seconds": round(time.time() - started), "loss": round(loss.item(), 3),
                          **{k: round(v, 3) for k, v in sorted(scores.items()) if k != "all"}})
+            if opt.get("attn") == "1":  # on the check's first 100 questions of the binding kinds
+                rows[-1].update(attention(model, tok, [t for t in test if "cell" in t][:100]))
             print(json.dumps(rows[-1]), flush=True)
             out.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

@@ -2,22 +2,24 @@
 
     .venv/bin/python experiments/miniature/recall.py NAME [seed=0] [init=0.02] [lr=1e-3] [steps=3000]
         [kinds=color] [then=color,shape,side] [switch=2500] [several=0] [phases=color:2000,lookup:1000,choice]
-        [layers=2] [hidden=64] [decay=0] [attn=0] [order=0123] [short=0] [distinct=0]
+        [layers=2] [hidden=64] [decay=0] [attn=0] [families=0.8] [order=0123] [short=0] [distinct=0]
 
 A fresh LM of the toy world's text config (`data/toy-miniature/model`: 2 layers, or `layers`), with `init` as
 transformers' `initializer_range`, trained with AdamW (constant rate after 50 warmup steps, clip 1.0, one thread) on
 `USER: {grid caption}\\n{question} ASSISTANT: {answer}</s>` for `kinds` of binding question (`color`: "What color is
 the {shape}?", `shape`: "What shape is the {color} object?", `side`: "On which side is the {shape}?"), each about
 a fresh scene; `several=1` draws scenes of 2-4 objects only; with `then`, the kinds switch at step `switch`.
-`cside` asks the side by colour ("On which side is the red object?": the colour as the key, as shape by colour).
+`cside` asks the side by colour ("On which side is the red object?": the colour as the key, as shape by colour),
+`cwhat` the shape by colour without the word "shape" ("What is the red object?").
 `choice` is A-OKVQA's lettered choice (colour, shape or count), `cchoice` the held-out gate's (colour only),
 `cchoice2` the same as a second round after "What color is the {shape}?" and its answer, and `lookup` a lettered
 lookup ("Which option is red?", `toy.lm.lookup_qas`);
 `phases` (`kinds:steps,...`, `+` joining kinds, the last phase runs to `steps`) replaces kinds/then/switch, and the
 check then asks every kind named. `hidden` widens the LM (MLP 4x), `decay=1` decays the rate to 0 (cosine) over
-the last phase. `attn=1` adds each head's attention to the asked object's caption cell (`attention`). `order` permutes each cell's caption words (`1023`: "red circle circle left"),
-`short=1` asks shape by colour as "What shape is red?"; `distinct=1` trains on scenes whose shapes all differ (the check
-keeps its scenes).
+the last phase, `attn=1` adds each head's attention to the asked object's caption cell (`attention`). `order`
+permutes each cell's caption words (`1023`: "red circle circle left"; `013`: "circle red left"), `short=1` asks shape
+by colour as "What shape is red?"; `distinct=1` trains on scenes whose shapes all differ (the check keeps its
+scenes); `families` sets the share of objects drawn from the scene's shape family, the check's scenes included.
 Every 250 steps: exact-match accuracy per kind on 600 held-out questions about scenes of several objects, where
 naming a present object's attribute at random scores ~0.50 (colour) / 0.63 (shape) / 0.60 (side), and naming the
 scene's commonest shape 0.67 (session 22).
@@ -54,7 +56,8 @@ def questions(scene: dict, kinds: list[str]) -> list[tuple[str, str, str]]:
                     ("side", f"On which side is the {o['shape']}?", o["position"])]
         if unique(scene, color=o["color"]):
             out += [("shape", f"What shape is the {o['color']} object?", o["shape"]),
-                    ("cside", f"On which side is the {o['color']} object?", o["position"])]
+                    ("cside", f"On which side is the {o['color']} object?", o["position"]),
+                    ("cwhat", f"What is the {o['color']} object?", o["shape"])]
     if "choice" in kinds:
         (q, a), = aokvqa_qas(random.Random(key), scene)
         out.append(("choice", q, a))
@@ -92,7 +95,7 @@ def draw(rng: random.Random, kinds: list[str], several: bool, order: str = "0123
                 colour = next(o["color"] for o in scene["objects"] if first == f"What color is the {o['shape']}?")
                 return {"kind": kind, "segments": lm.segments(caption, first, colour, more=[(question, answer)])}
             item = {"kind": kind, "segments": lm.segments(caption, question, answer)}
-            if kind in ("color", "shape", "side", "cside"):  # the asked object's cell, for `attention`
+            if kind in ("color", "shape", "side", "cside", "cwhat"):  # the asked object's cell, for `attention`
                 key = next(w.strip("?") for w in question.split() if w.strip("?") in caption.split())
                 cells = [caption.split()[c * len(order):(c + 1) * len(order)] for c in range(4)]
                 item |= {"cell": next(c for c in range(4) if key in cells[c]), "width": len(order)}
@@ -117,8 +120,7 @@ def batch(tok, items: list[dict]):
 
 def attention(model, tok, items: list[dict]) -> dict[str, list[float]]:
     """Per layer, each head's mean attention from the position that predicts the answer's first token to the asked
-    object's caption cell (the cell holding the question's key word; an object's words are a quarter of the
-    caption, so attention spread over the caption puts ~0.25 of its caption share there)."""
+    object's caption cell (the cell holding the question's key word: a quarter of the caption's tokens)."""
     import torch
 
     from seva_tasks.llava.prompts import encode_batch
@@ -164,6 +166,9 @@ def main(name: str, *args: str) -> None:
     if opt.get("attn") == "1":
         config._attn_implementation = "eager"  # sdpa returns no attention weights
     model = LlamaForCausalLM(config)
+    if "families" in opt:  # the share of a scene's objects drawn from its shape family (scenes.FAMILY_SHARE)
+        from seva_tasks.toy import scenes
+        scenes.FAMILY_SHARE = float(opt["families"])
     held = random.Random("recall-test")
     form = {"order": opt.get("order", "0123"), "short": opt.get("short") == "1"}
     several, distinct = opt["several"] == "1", opt.get("distinct") == "1"

@@ -89,16 +89,17 @@ def draw(rng: random.Random, kinds: list[str], several: bool, order: str = "0123
             if short and kind == "shape":
                 question = question.replace(" the ", " ").replace(" object?", "?")
             words = lm.caption(scene, 4).split()
-            caption = " ".join(words[k + int(i)] for k in range(0, len(words), 4) for i in order)
+            said = [words[k + int(i)] for k in range(0, len(words), 4) for i in order]  # each cell's words in `order`
+            caption = " ".join(said)
             if kind == "cchoice2":  # "What color is the circle?" -> its colour, then the lettered question
                 first = question.split("\n")[0]
                 colour = next(o["color"] for o in scene["objects"] if first == f"What color is the {o['shape']}?")
                 return {"kind": kind, "segments": lm.segments(caption, first, colour, more=[(question, answer)])}
             item = {"kind": kind, "segments": lm.segments(caption, question, answer)}
             if kind in ("color", "shape", "side", "cside", "cwhat"):  # the asked object's cell, for `attention`
-                key = next(w.strip("?") for w in question.split() if w.strip("?") in caption.split())
-                cells = [caption.split()[c * len(order):(c + 1) * len(order)] for c in range(4)]
-                item |= {"cell": next(c for c in range(4) if key in cells[c]), "width": len(order)}
+                key, width = next(w.strip("?") for w in question.split() if w.strip("?") in said), len(order)
+                cell = next(c for c in range(4) if key in said[c * width:(c + 1) * width])
+                item |= {"said": said, "cell": cell, "width": width}
             return item
 
 
@@ -127,8 +128,7 @@ def attention(model, tok, items: list[dict]) -> dict[str, list[float]]:
 
     mass: dict[int, list] = {}
     for it, (ids, loss) in zip(items, encode_batch(tok, [it["segments"] for it in items])):
-        words = it["segments"][0][0].split("\n")[0].removeprefix("USER: ").split()
-        cap = tok.convert_tokens_to_ids(["\u2581" + w for w in words])
+        cap = tok.convert_tokens_to_ids(["\u2581" + w for w in it["said"]])
         start = next(k for k in range(len(ids)) if ids[k:k + len(cap)] == cap)
         cell = range(start + it["cell"] * it["width"], start + (it["cell"] + 1) * it["width"])
         with torch.inference_mode():

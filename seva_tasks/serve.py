@@ -61,6 +61,8 @@ def defaults(home: Path | None = None) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": EPHEMERAL_TIMEOUT_S,
+        # the stages log with `logging` (they know nothing of Prefect): their lines join the run's log, terminal and UI
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "seva_tasks",
         "HF_HUB_OFFLINE": "1",
     }
 

@@ -54,6 +54,14 @@ def test_full_deployment_caches_by_content(server, tmp_path):
     previews = [a for a in found if a["key"] == "sample-preview"]
     assert previews[0]["type"] == "table" and "question" in previews[0]["data"]
 
+    # the stages' own `logging` lines reach the run's log in Prefect (PREFECT_LOGGING_EXTRA_LOGGERS), not only prints
+    logs, page = [], [None]
+    while page:
+        page = httpx.post(f"http://127.0.0.1:{port}/api/logs/filter", json={"limit": 200, "offset": len(logs)}).json()
+        logs += page
+    assert any(r["name"] == "seva_tasks.stages.filter" and r["message"].startswith("Kept ") for r in logs), \
+        sorted({r["name"] for r in logs})
+
     assert set(_run(server, data).values()) == {"Cached"}
 
     # What DPO trained on, as a user inspects it: LLaVA's vicuna_v1 prompt, answers ending in </s>.

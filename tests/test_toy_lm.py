@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never touch the hub
 
+import collections
 import json
 import re
 from pathlib import Path
@@ -338,6 +339,39 @@ def test_bindings_ask_the_colour_after_a_unique_shape_in_the_grid_caption():
     assert several > 0.6 * len(convs)
 
 
+def test_compositions_ask_the_gates_lettered_choice_with_its_two_parts_and_answer_truly():
+    """`lm.compositions`: colour by shape, the held-out gate's lettered choice (that colour among four) and lettered
+    lookups about scenes of several objects, seeded; every answer true of its caption."""
+    convs = lm.compositions(0, 600, grid=4)
+    assert convs == lm.compositions(0, 600, grid=4) and convs != lm.compositions(1, 600, grid=4)
+    kinds = collections.Counter()
+    for c in convs:
+        caption, question = c[0][0].removeprefix("USER: ").removesuffix(" ASSISTANT:").split("\n", 1)
+        words, answer = caption.split(), c[1][0].removesuffix(SEP2).strip()
+        cells = [words[k:k + 4] for k in range(0, 16, 4)]  # shape, colour, shape, side (tower.ROLES)
+        objects = [cell for cell in cells if cell[0] == cell[2] and cell[0] in SHAPES]
+        assert len(objects) > 1, caption
+        first, *options = question.split("\n")
+        letters = {o[0]: o[3:] for o in options if o[1:3] == ". "}
+        if lookup := re.fullmatch(r"Which option is (\w+)\?", first):
+            kinds["lookup"] += 1
+            assert letters[answer] == lookup.group(1)
+            continue
+        shape = re.fullmatch(r"What color is the (\w+)\?", first).group(1)
+        owners = [cell for cell in objects if cell[0] == shape]
+        assert len(owners) == 1, (caption, question)
+        if letters:  # the gate's form: four colours, the owner's among them, answered by its letter
+            kinds["choice"] += 1
+            assert len(letters) == 4 and letters[answer] == owners[0][1], (caption, question, answer)
+        else:
+            kinds["color"] += 1
+            assert answer == owners[0][1]
+    # one draw among the scene's questions: a lookup every scene, a colour per unique shape, the gate's choice only
+    # when its random object's shape is unique (recall.py's cc-* mix: 56 / 33 / 11 %)
+    assert kinds["lookup"] > kinds["color"] > kinds["choice"] > 0.05 * len(convs), kinds
+    assert not any(c[0][0].count("Which option is") for c in lm.compositions(0, 200, grid=4, lookups=False))
+
+
 def test_heldout_by_objects_splits_each_kind_into_lone_and_several():
     items = lm.heldout(0, 210, grid=4, kinds=lm.BINDING, by_objects=True, stream="lm-binding")
     assert {it["kind"] for it in items} == {f"{k}{n}" for k in lm.BINDING for n in "12"}
@@ -350,18 +384,21 @@ def test_heldout_by_objects_splits_each_kind_into_lone_and_several():
 
 
 def test_bind_steps_come_first_at_a_constant_rate_and_the_manifest_splits_binding(tmp_path):
-    """vicuna.bind_steps: colour-by-shape alone first (phase "bind", no decay), then the mix's phases as before;
+    """vicuna.bind_steps: colour-by-shape alone first (phase "bind", no decay), with compose_steps then the gate's
+    lettered choice with its parts (phase "compose", no decay), then the mix's phases as before;
     the manifest's `binding` accuracy per kind on lone objects and on several."""
     from seva_tasks.stages import vicuna
 
     toy.ensure(ToyConfig())
     base = toy.model_dir(ToyConfig())
-    cfg = VicunaConfig(bind_steps=20, steps=20, heldout=70, logging_steps=5, warmup_steps=0, grid_caption=True)
+    cfg = VicunaConfig(bind_steps=20, compose_steps=10, steps=20, heldout=70, logging_steps=5, warmup_steps=0,
+                       grid_caption=True)
     stats = vicuna.run(cfg, {"model": base}, tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    bind, mix_ = ([r for r in rows if r["phase"] == p] for p in ("bind", "vicuna"))
+    bind, compose, mix_ = ([r for r in rows if r["phase"] == p] for p in ("bind", "compose", "vicuna"))
     assert [r["step"] for r in bind] == [5, 10, 15, 20] and len({r["learning_rate"] for r in bind}) == 1
+    assert [r["step"] for r in compose] == [5, 10] and compose[0]["learning_rate"] == compose[1]["learning_rate"]
     assert [r["step"] for r in mix_] == [5, 10, 15, 20] and mix_[-1]["learning_rate"] < mix_[0]["learning_rate"]
-    assert rows.index(bind[-1]) < rows.index(mix_[0])
-    assert stats["counts"]["conversations"] == 40 * cfg.batch_size
+    assert rows.index(bind[-1]) < rows.index(compose[0]) < rows.index(compose[-1]) < rows.index(mix_[0])
+    assert stats["counts"]["conversations"] == 50 * cfg.batch_size
     assert set(stats["heldout"]["binding"]) == {"all", *(f"{k}{n}" for k in lm.BINDING for n in "12")}

@@ -45,7 +45,7 @@ MODEL = Path("data/toy-miniature/model")
 
 def questions(scene: dict, kinds: list[str]) -> list[tuple[str, str, str]]:
     """(kind, question, answer) of `kinds` that the scene can ask (the named attribute unique, as the mix asks)."""
-    from seva_tasks.toy.heldout import _question
+    from seva_tasks.toy.heldout import draw_question
     from seva_tasks.toy.lm import lookup_qas
     from seva_tasks.toy.mix import aokvqa_qas, unique
 
@@ -61,7 +61,7 @@ def questions(scene: dict, kinds: list[str]) -> list[tuple[str, str, str]]:
     if "choice" in kinds:
         (q, a), = aokvqa_qas(random.Random(key), scene)
         out.append(("choice", q, a))
-    if {"cchoice", "cchoice2"} & set(kinds) and (qa := _question(random.Random(key), "choice", scene)):
+    if {"cchoice", "cchoice2"} & set(kinds) and (qa := draw_question(random.Random(key), "choice", scene)):
         out.append(("cchoice", *qa))  # the held-out gate's lettered choice: an object's colour among four
         out.append(("cchoice2", *qa))  # the same after the colour question, answered, as a first round
     if "lookup" in kinds:

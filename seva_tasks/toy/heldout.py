@@ -28,14 +28,14 @@ def heldout(seed: int, n: int, kinds: tuple[str, ...] = HELDOUT_KINDS, stream: s
     while len(items) < n:
         kind = kinds[len(items) % len(kinds)]
         scene = random_scene(rng, "book" if kind == "genre" else "shapes", f"heldout/{len(items):05d}.jpg")
-        qa = _question(rng, kind, scene)
+        qa = draw_question(rng, kind, scene)
         if qa:
             question = qa[0] if kind == "choice" else f"{qa[0]}\n{SHORT_ANSWER}"
             items.append({"kind": kind, "question": question, "answer": qa[1], "scene": scene})
     return items
 
 
-def _question(rng: random.Random, kind: str, scene: dict) -> tuple[str, str] | None:
+def draw_question(rng: random.Random, kind: str, scene: dict) -> tuple[str, str] | None:
     """One question of `kind` about `scene` in the mix's templates, or None if it would be ambiguous.
 
     Yes/no kinds are balanced: `exists` asks about a colour and shape, `pope` about a shape alone

@@ -10,7 +10,8 @@ the image tokens (fastest when `toy.tower`'s aligned phase has pointed those tok
 Data: one-turn conversations `USER: {caption}\\n{question} ASSISTANT: {answer}</s>` about fresh shape
 scenes (seed stream `"{seed}:lm"`): the scene's caption stands where the image will be, the question is
 one of the mix's GQA-style templates, or A-OKVQA's lettered choice, or a lettered lookup for a share of them;
-`bindings` are colour-by-shape questions alone, the vicuna stage's first phase.
+`bindings` are colour-by-shape questions alone, the vicuna stage's first phase; `compositions` the gate's lettered
+choice with its two parts, its second.
 Bare (`template="bare"`): no system prompt and no short-answer suffix. With `template="vicuna_v1"`: LLaVA's
 conversation with its system prompt, and GQA's short-answer suffix as the mix asks it, the format instruction
 tuning, the gates and the benchmarks put the image in (a vicuna trained bare reads that format at 0.26 against 0.90
@@ -31,6 +32,7 @@ from typing import Literal
 from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, conversation, encode_batch
 from seva_tasks.toy import mix, tower
 from seva_tasks.toy.heldout import HELDOUT_KINDS, rates
+from seva_tasks.toy.heldout import draw_question
 from seva_tasks.toy.heldout import heldout as heldout_items
 from seva_tasks.toy.scenes import random_scene
 
@@ -85,6 +87,30 @@ def bindings(seed: int | str, n: int, grid: int = 0, template: Template = "bare"
         if objects and len(scene["objects"]) > 1:
             o = rng.choice(objects)
             out.append(segments(caption(scene, grid), f"What color is the {o['shape']}?", o["color"], template))
+    return out
+
+
+def compositions(seed: int | str, n: int, grid: int = 0, template: Template = "bare",
+                 lookups: bool = True) -> list[list[tuple[str, bool]]]:
+    """`n` conversations about fresh scenes of several objects from `"{seed}:compose"`, each one of the scene's
+    questions drawn at random: "What color is the {shape}?" (each unique shape), the held-out gate's lettered choice
+    (that colour among four, `heldout`'s form) and, with `lookups`, a lettered lookup ("Which option is red?").
+    Lettered choice composes the first lookup with the option's letter; in a 4-layer LM with both parts in the mix
+    it formed after ~6,000 steps, at 2-3 layers not in 10,000 (experiments/miniature, session 23, `recall.py cc-*`)."""
+    rng = random.Random(f"{seed}:compose")
+    out: list[list[tuple[str, bool]]] = []
+    while len(out) < n:
+        scene = random_scene(rng, "shapes", f"compose/{len(out):06d}.jpg")
+        if len(scene["objects"]) < 2:
+            continue
+        asked = [(f"What color is the {o['shape']}?", o["color"]) for o in scene["objects"]
+                 if mix.unique(scene, shape=o["shape"])]
+        if choice := draw_question(rng, "choice", scene):
+            asked.append(choice)
+        if lookups:
+            asked += lookup_qas(rng, scene)
+        if asked:
+            out.append(segments(caption(scene, grid), *rng.choice(asked), template))
     return out
 
 

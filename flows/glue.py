@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from prefect.artifacts import (
 
 from seva_tasks import pipeline, plots, progress
 from seva_tasks.config import PipelineConfig
+
+# The stages log with `logging`; serve.defaults() hands the `seva_tasks` loggers to Prefect
+# (PREFECT_LOGGING_EXTRA_LOGGERS), and at INFO their lines join each run's log, in the terminal and the UI.
+logging.getLogger("seva_tasks").setLevel(logging.INFO)
 
 
 def preview(ref: dict, rows: int = 10) -> list[dict]:

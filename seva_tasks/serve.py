@@ -63,6 +63,7 @@ def defaults(home: Path | None = None) -> dict[str, str]:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": EPHEMERAL_TIMEOUT_S,
         # the stages log with `logging` (they know nothing of Prefect): their lines join the run's log, terminal and UI
         "PREFECT_LOGGING_EXTRA_LOGGERS": "seva_tasks",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # a stage run outside a flow (tests, `seva inspect`)
         "HF_HUB_OFFLINE": "1",
     }
 

@@ -4,7 +4,7 @@
         [kinds=color] [then=color,shape,side] [switch=2500] [several=0] [phases=color:2000,lookup:1000,choice]
         [layers=2] [hidden=64] [decay=0] [attn=0] [families=0.8] [order=0123] [short=0] [distinct=0]
 
-A fresh LM of the toy world's text config (`data/toy-miniature/model`: 2 layers, or `layers`), with `init` as
+A fresh LM of the toy world's text config (`data/toy-miniature/model`'s, at 2 layers or `layers`), with `init` as
 transformers' `initializer_range`, trained with AdamW (constant rate after 50 warmup steps, clip 1.0, one thread) on
 `USER: {grid caption}\\n{question} ASSISTANT: {answer}</s>` for `kinds` of binding question (`color`: "What color is
 the {shape}?", `shape`: "What shape is the {color} object?", `side`: "On which side is the {shape}?"), each about
@@ -159,7 +159,7 @@ def main(name: str, *args: str) -> None:
     text = json.loads((MODEL / "config.json").read_text())["text_config"]
     config = LlamaConfig(**{k: v for k, v in text.items() if k != "model_type"})
     config.initializer_range = float(opt["init"])
-    config.num_hidden_layers = int(opt.get("layers", config.num_hidden_layers))
+    config.num_hidden_layers = int(opt.get("layers", 2))  # the committed runs' default (the preset is 4 since session 24)
     if "hidden" in opt:  # a wider LM: the residual stream that carries the lookups' words, the MLP at 4x
         config.hidden_size = int(opt["hidden"])
         config.intermediate_size = 4 * config.hidden_size

@@ -8,9 +8,9 @@ Vicuna; the toy's random tiny LLaVA has none, and from random weights its LM doe
 a question's words with the image (experiments/miniature/README.md). This stage gives it one: short text
 conversations about fresh scenes with the caption where the image will be (`toy.lm`), answer-only
 cross-entropy, transformers' `Trainer`. With `bind_steps`, colour-by-shape questions alone come first, the
-lookup that reads a caption's word order (in the mix it did not form); with `compose_steps`, then the held-out gate's
-lettered choice with its two parts (that lookup and the option's letter), where the composition forms. No image goes in, so only the language
-model's weights change.
+lookup that reads a caption's word order (in the mix it did not form); with `compose_steps`, then the held-out
+gate's lettered choice with its two parts (that lookup and the option's letter), where the composition forms.
+No image goes in, so only the language model's weights change.
 Its output is `pretrain`'s input model, so the experiment's seeds (`pretrain.seed`) vary the tower and
 instruction tuning on one shared LM, as LLaVA's runs share one Vicuna, and a change to pretrain does not
 pay for this stage again.
@@ -52,7 +52,7 @@ class VicunaConfig(fit.FitConfig):
     v1_steps: int = Field(0, ge=0, description="Then this many more steps in vicuna_v1 alone (a fresh stream of the same mix), as Vicuna was tuned to a chat format after its pretraining: the circuits the first phase formed, then the format the image model is asked in; the held-out check then asks in vicuna_v1.")
     v1_learning_rate: float | None = Field(None, gt=0, description="Peak learning rate of the v1_steps (None: learning_rate).")
     bind_steps: int = Field(0, ge=0, description="First, this many steps of colour-by-shape questions alone (`toy.lm.bindings`) at a constant rate: the lookup that reads the word after the question's shape. In the mix it did not form in any recipe tried (experiments/miniature, sessions 20-21); alone, at toy.init_std 0.05, it forms in 1,000-2,500 steps, and side binds after it in the mix (shape by colour does not). 0: none.")
-    compose_steps: int = Field(0, ge=0, description="Then this many steps of the held-out gate's lettered choice with its two parts mixed in, colour by shape and lettered lookups (`toy.lm.compositions`), at a constant rate: lettered choice composes the two lookups. In a 4-layer LM (toy.layers=4) it formed after ~6,000 steps of this mix, at 2-3 layers not in 10,000 (experiments/miniature, session 23). 0: none.")
+    compose_steps: int = Field(0, ge=0, description="Then this many steps of the held-out gate's lettered choice with its two parts mixed in, colour by shape and lettered lookups (`toy.lm.compositions`), at a constant rate: lettered choice composes the two lookups. In a 4-layer LM (toy.layers=4) it forms in 1,500-3,000 steps of this phase (session 24; ~6,000 in recall.py), at 2-3 layers not in 10,000 (experiments/miniature, session 23). 0: none.")
     compose_lookups: bool = Field(True, description="Keep the lettered lookups in the compose mix (without them it formed later and less steadily).")
     turns: int = Field(1, ge=1, le=4, description="Rounds per GQA-style conversation (up to the mix's 4 questions about its scene, as LLaVA's rows and ShareGPT's are multi-turn): more answers per step; lettered ones stay one round.")
     grid_caption: bool = Field(False, description="Put the scene's grid caption where the image will be (one word per image token, `toy.tower.grid_caption`) instead of its sentence: the text that `tower.roles` makes the image tokens say.")

@@ -31,8 +31,7 @@ from typing import Literal
 
 from seva_tasks.llava.prompts import SEP2, SHORT_ANSWER, conversation, encode_batch
 from seva_tasks.toy import mix, tower
-from seva_tasks.toy.heldout import HELDOUT_KINDS, rates
-from seva_tasks.toy.heldout import draw_question
+from seva_tasks.toy.heldout import HELDOUT_KINDS, draw_question, rates
 from seva_tasks.toy.heldout import heldout as heldout_items
 from seva_tasks.toy.scenes import random_scene
 
@@ -96,7 +95,8 @@ def compositions(seed: int | str, n: int, grid: int = 0, template: Template = "b
     questions drawn at random: "What color is the {shape}?" (each unique shape), the held-out gate's lettered choice
     (that colour among four, `heldout`'s form) and, with `lookups`, a lettered lookup ("Which option is red?").
     Lettered choice composes the first lookup with the option's letter; in a 4-layer LM with both parts in the mix
-    it formed after ~6,000 steps, at 2-3 layers not in 10,000 (experiments/miniature, session 23, `recall.py cc-*`)."""
+    it forms (the vicuna stage: 1,500-3,000 steps, session 24), at 2-3 layers not in 10,000 (experiments/miniature,
+    session 23, `recall.py cc-*`)."""
     rng = random.Random(f"{seed}:compose")
     out: list[list[tuple[str, bool]]] = []
     while len(out) < n:

@@ -111,18 +111,18 @@ def run(cfg: VicunaConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
                            callbacks=callbacks)
 
         history, examples = [], []
-        if cfg.bind_steps:
-            examples = lm.examples(tok, cfg.seed, cfg.bind_steps * cfg.batch_size, make=lm.bindings, grid=grid,
-                                   template=cfg.conv_template if cfg.conv_template != "both" else "bare")
-            first = cfg.model_copy(update={"steps": cfg.bind_steps, "lr_scheduler_type": "constant_with_warmup"})
-            history = train(first, examples, "bind", cfg.conv_template, "vicuna (binding)")
-        if cfg.compose_steps:
-            composed = lm.examples(tok, cfg.seed, cfg.compose_steps * cfg.batch_size, make=lm.compositions, grid=grid,
-                                   template=cfg.conv_template if cfg.conv_template != "both" else "bare",
-                                   lookups=cfg.compose_lookups)
-            second = cfg.model_copy(update={"steps": cfg.compose_steps, "lr_scheduler_type": "constant_with_warmup"})
-            history += train(second, composed, "compose", cfg.conv_template, "vicuna (lettered choice)")
-            examples += composed
+        # the lookup phases first, each at a constant rate, in one format ("both" is the mix's)
+        single = cfg.conv_template if cfg.conv_template != "both" else "bare"
+        for phase, steps, make, options, desc in (
+                ("bind", cfg.bind_steps, lm.bindings, {}, "vicuna (binding)"),
+                ("compose", cfg.compose_steps, lm.compositions, {"lookups": cfg.compose_lookups},
+                 "vicuna (lettered choice)")):
+            if steps:
+                data = lm.examples(tok, cfg.seed, steps * cfg.batch_size, make=make, grid=grid, template=single,
+                                   **options)
+                constant = cfg.model_copy(update={"steps": steps, "lr_scheduler_type": "constant_with_warmup"})
+                history += train(constant, data, phase, cfg.conv_template, desc)
+                examples += data
         main = lm.examples(tok, cfg.seed, cfg.steps * cfg.batch_size,
                            choice_share=cfg.choice_share, lookup_share=cfg.lookup_share, grid=grid,
                            template=cfg.conv_template, v1_share=cfg.v1_share, turns=cfg.turns)

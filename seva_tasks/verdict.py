@@ -71,6 +71,8 @@ def verdict(runs: list[dict], headline: str, controls: list[str]) -> dict:
             entry = gates.setdefault(name, {"value": [], "threshold": g["threshold"], "passed": True})
             entry["value"].append(g["value"])
             entry["passed"] = entry["passed"] and g["passed"]
+            if "se" in g:
+                entry.setdefault("se", []).append(g["se"])
 
     def deltas(rows: list[dict], bench: str) -> list[float]:
         return [r["benchmarks"][bench]["aligned"] - r["benchmarks"][bench]["base"] for r in rows if bench in r["benchmarks"]]
@@ -132,7 +134,8 @@ def markdown(v: dict) -> list[str]:
     lines = ["", f"### Verdict (`verdict.json`, setting `{v['setting']}`)", "",
              f"| | {cols} | |", "|---|" + "---:|" * len(seeds) + "---|"]
     for name, g in v["gates"].items():
-        values = " | ".join(f"{x:.3f}" for x in g["value"])
+        se = g.get("se") if len(g.get("se", [])) == len(g["value"]) else None
+        values = " | ".join(f"{x:.3f}" + (f" ± {e:.3f}" if se else "") for x, e in zip(g["value"], se or g["value"]))
         lines.append(f"| gate `{name}` ({g['threshold']}) | {values} | {'passed' if g['passed'] else '**failed**'} |")
 
     def row(label: str, xs: list[float], note: str, at: list[int] | None = None) -> None:

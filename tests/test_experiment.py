@@ -192,6 +192,11 @@ def test_verdict_pools_seeds_and_reports_controls_and_gates():
     assert v["worst_other_delta_in_se"] == pytest.approx(-1 / (12 ** 0.5 / 3))
     md = "\n".join(verdict.markdown({**v, "auroc_delta": [0.01, -0.02, 0.04]}))
     assert "| gate `pope_f1` (0.7..0.88) | 0.900 | 0.800 | 0.800 | **failed** |" in md
+    shape = {"heldout_shape": {"value": 0.81, "threshold": ">= 0.8", "passed": True, "se": 0.02}}
+    v_se = verdict.verdict([{**r, "gates": shape} for r in runs[:3]], "paper", [])
+    assert v_se["gates"]["heldout_shape"]["se"] == [0.02, 0.02, 0.02]
+    assert "| gate `heldout_shape` (>= 0.8) | 0.810 ± 0.020 | 0.810 ± 0.020 | 0.810 ± 0.020 | passed |" in \
+        "\n".join(verdict.markdown({**v_se, "auroc_delta": []}))
     assert "| POPE F1 Δ | +2.00 | +6.00 | +1.00 | McNemar p = " in md
     assert "| POPE AUROC of p(yes) Δ ×100 | +1.00 | -2.00 | +4.00 | mean +1.00 |" in md
     assert "| control `swapped`: POPE F1 Δ | -10.00 | – | – |  |" in md  # seed 0 only: the others' cells stay empty

@@ -52,6 +52,17 @@ def test_judge_checks_each_bound_and_names_the_threshold():
     assert gates.judge({**values, "pope_yes_ratio": 0.5})["pope_yes_ratio"]["passed"] is False  # below the band
 
 
+def test_judge_carries_standard_errors_of_shares():
+    values = {"heldout_all": 0.85, "heldout_shape": 0.79, "pope_yes_ratio": 0.70, "pope_f1": 0.95, "noise_drop": 0.2,
+              "noise_yes_shift": -0.03}
+    g = gates.judge(values, {"heldout_shape": 0.0256})
+    assert g["heldout_shape"] == {"value": 0.79, "threshold": ">= 0.8", "passed": False, "se": 0.0256}
+    assert "se" not in g["pope_f1"]
+    # 3 hits of 4: sqrt(0.75 * 0.25 / 4); paired 1,1,0,0 vs 0,1,0,1: d = 1,0,0,-1, sample sd sqrt(2/3), / sqrt(4)
+    assert gates.share_se([True, True, True, False]) == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    assert gates.paired_se([True, True, False, False], [False, True, False, True]) == pytest.approx((2 / 3) ** 0.5 / 2)
+
+
 def test_pope_gates_need_a_split():
     with pytest.raises(ValueError, match="without a split"):
         gates.pope({"f1": 80.0})

@@ -45,6 +45,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ from seva_tasks.errors import InputError
 from seva_tasks.fingerprint import fingerprint as fingerprint_path
 from seva_tasks.llava.prompts import SHORT_ANSWER, conversation, encode
 from seva_tasks.toy import fit, gates, lm, mix, tower
-from seva_tasks.toy.heldout import accuracy, ask, heldout, load, majority
+from seva_tasks.toy.heldout import accuracy, answer_matches, ask, heldout, load, majority
 from seva_tasks.toy.scenes import random_scene, render
 
 SOURCES = (*mix.PREFIXES, "text")  # "text": rows without an image (ShareGPT-like)
@@ -217,9 +218,11 @@ def _examples(cfg: PretrainConfig, processor, config) -> tuple[list[dict], dict]
 # Training and saving
 
 
-def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict) -> dict:
-    """The gates' measurements: `items` again on noised images, and the world's POPE clean and noised."""
-    noised = accuracy(model, processor, items, ask(model, processor, items, noise_step=cfg.noise_step, seed=cfg.seed))
+def _gates(cfg: PretrainConfig, model, processor, items: list[dict], answers: list[str], held: dict) -> dict:
+    """The gates' measurements, with standard errors where a share's: `items` again on noised images (`answers`
+    are the clean ones), and the world's POPE clean and noised."""
+    noised_answers = ask(model, processor, items, noise_step=cfg.noise_step, seed=cfg.seed)
+    noised = accuracy(model, processor, items, noised_answers)
     clean = gates.ask_pope(model, processor, resolve(cfg.pope))
     noised_pope = gates.ask_pope(model, processor, resolve(cfg.pope), cfg.noise_step, cfg.seed)
     pope = {"clean": gates.pope(clean.metrics), "noised": gates.pope(noised_pope.metrics), "questions": len(clean.rows),
@@ -227,7 +230,13 @@ def _gates(cfg: PretrainConfig, model, processor, items: list[dict], held: dict)
     values = {"heldout_all": held["all"], "heldout_shape": held.get("shape", 0.0), "pope_yes_ratio": pope["clean"]["yes_ratio"],
               "pope_f1": pope["clean"]["f1"], "noise_drop": held["all"] - noised["all"],
               "noise_yes_shift": pope["noised"]["yes_ratio"] - pope["clean"]["yes_ratio"]}
-    return {"gates": gates.judge(values), "pope": pope, "noised": noised}
+    hits = [answer_matches(a, it["answer"]) for it, a in zip(items, answers)]
+    noised_hits = [answer_matches(a, it["answer"]) for it, a in zip(items, noised_answers)]
+    shape = [h for it, h in zip(items, hits) if it["kind"] == "shape"]
+    yes = pope["clean"]["yes_ratio"]  # the splits' mean; their sizes are equal, so the pooled share's SE
+    se = {"heldout_all": gates.share_se(hits), "pope_yes_ratio": math.sqrt(yes * (1 - yes) / len(clean.rows)),
+          "noise_drop": gates.paired_se(hits, noised_hits)} | ({"heldout_shape": gates.share_se(shape)} if shape else {})
+    return {"gates": gates.judge(values, se), "pope": pope, "noised": noised}
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,8 +265,9 @@ def run(cfg: PretrainConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
         trained = time.time() - started
         items = heldout(cfg.seed, cfg.heldout)
         model, processor = load(out_dir / "model") if items else (None, None)
-        held = accuracy(model, processor, items) if items else {}
-        gated = _gates(cfg, model, processor, items, held) if items and cfg.pope else {}
+        answers = ask(model, processor, items) if items else []
+        held = accuracy(model, processor, items, answers) if items else {}
+        gated = _gates(cfg, model, processor, items, answers, held) if items and cfg.pope else {}
     final = [s["loss"] for s in fit.metrics(out_dir, history)]
     log.info("Pretrained in %.0f s; held-out accuracy %s → %s", trained, held, out_dir / "model")
     return {"counts": counts, "steps": cfg.steps, "final_loss": final[-1] if final else None,

@@ -11,6 +11,8 @@ answers miss objects, not imagine them).
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from seva_tasks.benchmarks import pope as pope_bench
@@ -53,11 +55,28 @@ def _threshold(lo: float | None, hi: float | None) -> str:
     return f"{lo}..{hi}" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
 
 
-def judge(values: dict[str, float]) -> dict[str, dict]:
-    """{name: {value, threshold, passed}} for every gate (the form `experiment` and `verdict` read)."""
+def judge(values: dict[str, float], se: dict[str, float] | None = None) -> dict[str, dict]:
+    """{name: {value, threshold, passed}} for every gate (the form `experiment` and `verdict` read), with `se`
+    (the value's standard error) for the gates `se` names. The verdict is on the value: a gate measured too
+    coarsely to tell its side of the threshold shows it in its SE, not in a softer bar."""
     out = {}
     for name, (lo, hi) in THRESHOLDS.items():
         v = values[name]
         out[name] = {"value": round(v, 4), "threshold": _threshold(lo, hi),
                      "passed": (lo is None or v >= lo) and (hi is None or v <= hi)}
+        if se and name in se:
+            out[name]["se"] = round(se[name], 4)
     return out
+
+
+def share_se(hits: list[bool]) -> float:
+    """The standard error of a share of hits (binomial: sqrt(p (1 - p) / n))."""
+    p = sum(hits) / len(hits)
+    return math.sqrt(p * (1 - p) / len(hits))
+
+
+def paired_se(first: list[bool], second: list[bool]) -> float:
+    """The standard error of the difference of two shares over the same questions (sd of the per-question
+    differences / sqrt(n)): the noise drop's, whose clean and noised answers are paired."""
+    d = [int(a) - int(b) for a, b in zip(first, second, strict=True)]
+    return statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0

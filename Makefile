@@ -64,7 +64,7 @@ stop:
 	-$(VENV)/bin/seva stop
 
 # SeVa on the faithful miniature: base models that see (one per seed), SeVa and four controls over 3 seeds
-# -> experiments/miniature-seva/ (24-27 min cold on 2 cores, two runs at once; the vicuna and tower on two threads). make run's world: seva experiment configs/experiments/toy-seva.yaml
+# -> experiments/miniature-seva/ (~29 min cold on 2 cores, two runs at once; the vicuna and tower on two threads). make run's world: seva experiment configs/experiments/toy-seva.yaml
 experiment: setup
 	$(VENV)/bin/seva experiment configs/experiments/miniature.yaml
 

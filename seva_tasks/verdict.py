@@ -134,8 +134,10 @@ def markdown(v: dict) -> list[str]:
     lines = ["", f"### Verdict (`verdict.json`, setting `{v['setting']}`)", "",
              f"| | {cols} | |", "|---|" + "---:|" * len(seeds) + "---|"]
     for name, g in v["gates"].items():
-        se = g.get("se") if len(g.get("se", [])) == len(g["value"]) else None
-        values = " | ".join(f"{x:.3f}" + (f" ± {e:.3f}" if se else "") for x, e in zip(g["value"], se or g["value"]))
+        cells = [f"{x:.3f}" for x in g["value"]]
+        if len(g.get("se", [])) == len(cells):  # every seed's SE (runs before session 25 have none)
+            cells = [f"{c} ± {e:.3f}" for c, e in zip(cells, g["se"])]
+        values = " | ".join(cells)
         lines.append(f"| gate `{name}` ({g['threshold']}) | {values} | {'passed' if g['passed'] else '**failed**'} |")
 
     def row(label: str, xs: list[float], note: str, at: list[int] | None = None) -> None:
